@@ -1,0 +1,1 @@
+//! `roombox`: the library behind `roomboxd`, the appliance daemon.

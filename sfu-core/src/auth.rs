@@ -1,0 +1,507 @@
+//! Access tokens: the JWT claims every signaling request carries, and their
+//! verification.
+//!
+//! Verification lives here (not in the daemon) so that a cloud SFU node running
+//! the same `sfu-core` accepts the same tokens. Two kinds of keys:
+//!
+//! * a local shared secret (`HS256`), the appliance's own key;
+//! * public keys from an on-prem identity provider's JWKS (`RS256`/`RS384`/
+//!   `RS512`, `ES256`/`ES384`, `EdDSA`), selected by `kid`.
+//!
+//! Each key only verifies the algorithm family it was configured for, so a token
+//! that says `HS256` is never checked against an RSA public key used as an HMAC
+//! secret (the classic HS-vs-RS confusion), and `alg: none` is never accepted.
+//!
+//! Time is a parameter: [`TokenVerifier::verify`] takes `now` as Unix seconds and
+//! checks `exp`/`nbf` itself, so tests do not depend on the wall clock.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a token allows inside its room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    /// May publish audio/video/screen tracks.
+    pub publish: bool,
+    /// May receive other participants' tracks.
+    pub subscribe: bool,
+    /// May start and stop recordings.
+    pub record: bool,
+    /// May kick, mute and manage the room (and, with `room = "*"`, every room).
+    pub admin: bool,
+}
+
+/// The claims of a roombox access token.
+///
+/// ```json
+/// {"sub":"alice","room":"demo","grants":{"publish":true,"subscribe":true},
+///  "iat":1764000000,"exp":1764000900,"iss":"roombox","name":"Alice","tv":3}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The participant identity (unique within a room).
+    pub sub: String,
+    /// The room this token is for; `"*"` means every room and needs `admin`.
+    pub room: String,
+    /// What the bearer may do in that room.
+    #[serde(default)]
+    pub grants: Grants,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Not before, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Display name shown to other participants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The user's token version when the token was issued. Bumping the stored
+    /// version revokes every token issued before (see [`RevocationCheck`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tv: Option<u64>,
+}
+
+impl Claims {
+    /// Claims for `identity` in `room`, valid from `now` for `ttl_secs`.
+    pub fn new(identity: &str, room: &str, grants: Grants, now: u64, ttl_secs: u64) -> Self {
+        Claims {
+            sub: identity.to_owned(),
+            room: room.to_owned(),
+            grants,
+            iat: now,
+            exp: now.saturating_add(ttl_secs),
+            nbf: None,
+            iss: None,
+            aud: None,
+            name: None,
+            tv: None,
+        }
+    }
+
+    /// True when the token is valid for `room`.
+    pub fn allows_room(&self, room: &str) -> bool {
+        self.room == room || (self.room == "*" && self.grants.admin)
+    }
+}
+
+/// Why a token was refused. Every variant maps to HTTP 401 or 403 at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("no bearer token: send `Authorization: Bearer <JWT>`")]
+    Missing,
+    #[error("the token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    #[error("the token's algorithm {0} is not accepted here")]
+    AlgorithmNotAllowed(String),
+    #[error("no key matches the token (kid {0:?})")]
+    UnknownKey(Option<String>),
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token expired at {exp} (now {now})")]
+    Expired { exp: u64, now: u64 },
+    #[error("the token is not valid before {nbf} (now {now})")]
+    NotYetValid { nbf: u64, now: u64 },
+    #[error("the token's issuer or audience is not the expected one")]
+    WrongIssuerOrAudience,
+    #[error("the token is for room {token_room:?}, not {room:?}")]
+    WrongRoom { token_room: String, room: String },
+    #[error("the token was revoked")]
+    Revoked,
+    #[error("the token does not grant {0}")]
+    MissingGrant(&'static str),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+}
+
+impl AuthError {
+    /// 401 for "who are you?" problems, 403 for "you may not".
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AuthError::WrongRoom { .. } | AuthError::MissingGrant(_) => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// Revocation of tokens that are still within their lifetime, for example by a
+/// per-user token version kept in the appliance's store.
+pub trait RevocationCheck: Send + Sync + 'static {
+    /// True when the token described by `claims` must be refused.
+    fn is_revoked(&self, claims: &Claims) -> bool;
+}
+
+#[derive(Clone)]
+struct VerifyKey {
+    kid: Option<String>,
+    /// Algorithms this key may verify (one family only).
+    algs: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Verifies access tokens. Cheap to clone (keys are shared).
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: Arc<Vec<VerifyKey>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: u64,
+    revocation: Option<Arc<dyn RevocationCheck>>,
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("keys", &self.keys.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("revocation", &self.revocation.is_some())
+            .finish()
+    }
+}
+
+/// Smallest HS256 secret accepted (bytes).
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl TokenVerifier {
+    /// A verifier with no keys: refuses everything until keys are added.
+    pub fn new() -> Self {
+        TokenVerifier {
+            keys: Arc::new(Vec::new()),
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            revocation: None,
+        }
+    }
+
+    /// A verifier for tokens signed with a local shared secret (HS256).
+    pub fn hs256(secret: &[u8]) -> Result<Self, AuthError> {
+        Self::new().with_secret(secret)
+    }
+
+    /// Also accept HS256 tokens signed with `secret`.
+    pub fn with_secret(mut self, secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(AuthError::InvalidKey(format!(
+                "HS256 secret is {} bytes; at least {MIN_SECRET_LEN} are needed",
+                secret.len()
+            )));
+        }
+        Arc::make_mut(&mut self.keys).push(VerifyKey {
+            kid: None,
+            algs: vec![Algorithm::HS256],
+            key: DecodingKey::from_secret(secret),
+        });
+        Ok(self)
+    }
+
+    /// Also accept tokens signed by the keys of an identity provider's JWKS.
+    /// Symmetric (`oct`) keys in a JWKS are refused: a JWKS is public.
+    pub fn with_jwks(mut self, set: &JwkSet) -> Result<Self, AuthError> {
+        for jwk in &set.keys {
+            let key = jwk_key(jwk)?;
+            Arc::make_mut(&mut self.keys).push(key);
+        }
+        Ok(self)
+    }
+
+    /// Require this `iss`.
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Require this `aud`.
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Clock skew tolerated on `exp`/`nbf` (default 30 s).
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        self.leeway_secs = secs;
+        self
+    }
+
+    /// Consult `check` after the signature verifies.
+    pub fn with_revocation(mut self, check: Arc<dyn RevocationCheck>) -> Self {
+        self.revocation = Some(check);
+        self
+    }
+
+    /// Verify signature, algorithm, `exp`/`nbf` against `now` (Unix seconds),
+    /// issuer/audience and revocation.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let key = self
+            .keys
+            .iter()
+            .filter(|k| k.algs.contains(&header.alg))
+            .find(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => true,
+                (None, _) => true,
+            })
+            .ok_or_else(|| {
+                if self.keys.iter().any(|k| k.algs.contains(&header.alg)) {
+                    AuthError::UnknownKey(header.kid.clone())
+                } else {
+                    AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg))
+                }
+            })?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        // exp/nbf are checked below against the `now` we were given.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::new();
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)),
+                _ => AuthError::Malformed(e.to_string()),
+            }
+        })?;
+        let claims = data.claims;
+
+        if now > claims.exp.saturating_add(self.leeway_secs) {
+            return Err(AuthError::Expired { exp: claims.exp, now });
+        }
+        if let Some(nbf) = claims.nbf {
+            if now.saturating_add(self.leeway_secs) < nbf {
+                return Err(AuthError::NotYetValid { nbf, now });
+            }
+        }
+        if let Some(iss) = &self.issuer {
+            if claims.iss.as_deref() != Some(iss.as_str()) {
+                return Err(AuthError::WrongIssuerOrAudience);
+            }
+        }
+        if let Some(aud) = &self.audience {
+            if claims.aud.as_deref() != Some(aud.as_str()) {
+                return Err(AuthError::WrongIssuerOrAudience);
+            }
+        }
+        if claims.sub.is_empty() || claims.room.is_empty() {
+            return Err(AuthError::Malformed("empty `sub` or `room`".into()));
+        }
+        if claims.room == "*" && !claims.grants.admin {
+            return Err(AuthError::MissingGrant("admin (needed for room \"*\")"));
+        }
+        if let Some(check) = &self.revocation {
+            if check.is_revoked(&claims) {
+                return Err(AuthError::Revoked);
+            }
+        }
+        Ok(claims)
+    }
+
+    /// [`verify`](Self::verify), then check that the token is for `room`.
+    pub fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        let claims = self.verify(token, now)?;
+        if !claims.allows_room(room) {
+            return Err(AuthError::WrongRoom { token_room: claims.room, room: room.to_owned() });
+        }
+        Ok(claims)
+    }
+}
+
+impl Default for TokenVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn jwk_key(jwk: &Jwk) -> Result<VerifyKey, AuthError> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm};
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthError::InvalidKey(e.to_string()))?;
+    let declared = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
+    let algs = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => match jwk.common.key_algorithm {
+            Some(KeyAlgorithm::RS384) => vec![Algorithm::RS384],
+            Some(KeyAlgorithm::RS512) => vec![Algorithm::RS512],
+            Some(KeyAlgorithm::PS256) => vec![Algorithm::PS256],
+            Some(KeyAlgorithm::RS256) | None => vec![Algorithm::RS256],
+            Some(_) => {
+                return Err(AuthError::InvalidKey(format!("RSA key with alg {declared:?}")));
+            }
+        },
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => {
+                return Err(AuthError::InvalidKey(format!("unsupported curve {:?}", ec.curve)));
+            }
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(AuthError::InvalidKey("symmetric (oct) keys are not accepted from a JWKS".into()));
+        }
+        _ => return Err(AuthError::InvalidKey("unsupported JWK key type".into())),
+    };
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algs, key })
+}
+
+/// Sign `claims` with a local HS256 secret (the appliance's own key).
+pub fn sign_hs256(claims: &Claims, secret: &[u8]) -> Result<String, AuthError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(AuthError::InvalidKey(format!(
+            "HS256 secret is {} bytes; at least {MIN_SECRET_LEN} are needed",
+            secret.len()
+        )));
+    }
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| AuthError::InvalidKey(e.to_string()))
+}
+
+/// Take the token out of an `Authorization: Bearer …` header value.
+pub fn bearer(header_value: &str) -> Result<&str, AuthError> {
+    let v = header_value.trim();
+    let (scheme, rest) = v.split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || rest.trim().is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(rest.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_764_000_000;
+
+    fn token(claims: &Claims) -> String {
+        sign_hs256(claims, SECRET).expect("sign")
+    }
+
+    fn alice() -> Claims {
+        Claims::new("alice", "demo", Grants { publish: true, subscribe: true, ..Grants::default() }, NOW, 900)
+    }
+
+    #[test]
+    fn a_fresh_token_verifies_and_carries_its_grants() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let c = v.verify_for_room(&token(&alice()), "demo", NOW + 10).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert!(c.grants.publish && c.grants.subscribe && !c.grants.admin);
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_after_the_leeway() {
+        let v = TokenVerifier::hs256(SECRET).unwrap().with_leeway(0);
+        let err = v.verify(&token(&alice()), NOW + 901).unwrap_err();
+        assert_eq!(err, AuthError::Expired { exp: NOW + 900, now: NOW + 901 });
+        assert_eq!(err.http_status(), 401);
+    }
+
+    #[test]
+    fn a_token_for_another_room_is_forbidden() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let err = v.verify_for_room(&token(&alice()), "boardroom", NOW).unwrap_err();
+        assert!(matches!(err, AuthError::WrongRoom { .. }));
+        assert_eq!(err.http_status(), 403);
+    }
+
+    #[test]
+    fn a_tampered_payload_breaks_the_signature() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let t = token(&alice());
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        let mut evil = alice();
+        evil.grants.admin = true;
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&evil).unwrap());
+        let err = v.verify(&parts.join("."), NOW).unwrap_err();
+        assert_eq!(err, AuthError::BadSignature);
+    }
+
+    #[test]
+    fn alg_none_is_never_accepted() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&alice()).unwrap());
+        let err = v.verify(&format!("{header}.{payload}."), NOW).unwrap_err();
+        assert!(matches!(err, AuthError::Malformed(_) | AuthError::AlgorithmNotAllowed(_)), "{err:?}");
+    }
+
+    #[test]
+    fn wrong_secret_is_a_bad_signature() {
+        let v = TokenVerifier::hs256(b"another-secret-another-secret-xx").unwrap();
+        assert_eq!(v.verify(&token(&alice()), NOW).unwrap_err(), AuthError::BadSignature);
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        for junk in ["", "a", "a.b", "a.b.c", "....", "eyJ.eyJ.sig", "\u{0}\u{1}"] {
+            let err = v.verify(junk, NOW).unwrap_err();
+            assert!(matches!(err, AuthError::Missing | AuthError::Malformed(_)), "{junk:?} -> {err:?}");
+        }
+    }
+
+    #[test]
+    fn room_star_needs_admin() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let mut c = alice();
+        c.room = "*".into();
+        assert_eq!(
+            v.verify(&token(&c), NOW).unwrap_err(),
+            AuthError::MissingGrant("admin (needed for room \"*\")")
+        );
+        c.grants.admin = true;
+        assert!(v.verify_for_room(&token(&c), "anything", NOW).is_ok());
+    }
+
+    #[test]
+    fn revocation_hook_refuses_old_token_versions() {
+        struct MinVersion(u64);
+        impl RevocationCheck for MinVersion {
+            fn is_revoked(&self, c: &Claims) -> bool {
+                c.tv.unwrap_or(0) < self.0
+            }
+        }
+        let v = TokenVerifier::hs256(SECRET).unwrap().with_revocation(Arc::new(MinVersion(2)));
+        let mut c = alice();
+        c.tv = Some(1);
+        assert_eq!(v.verify(&token(&c), NOW).unwrap_err(), AuthError::Revoked);
+        c.tv = Some(2);
+        assert!(v.verify(&token(&c), NOW).is_ok());
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(matches!(TokenVerifier::hs256(b"short"), Err(AuthError::InvalidKey(_))));
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer("Bearer abc").unwrap(), "abc");
+        assert_eq!(bearer("bearer   abc ").unwrap(), "abc");
+        assert_eq!(bearer("Basic abc").unwrap_err(), AuthError::Missing);
+        assert_eq!(bearer("Bearer").unwrap_err(), AuthError::Missing);
+    }
+}
