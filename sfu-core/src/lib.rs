@@ -7,10 +7,15 @@
 
 pub mod auth;
 pub mod config;
+pub mod edge;
+pub mod engine;
 pub mod error;
 pub mod local;
+pub mod media;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod signal;
 
 pub use auth::{Claims, Grants, TokenVerifier};
 pub use config::SfuConfig;
