@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use str0m::net::Protocol;
