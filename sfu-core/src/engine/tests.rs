@@ -61,6 +61,7 @@ struct Sim {
     delay_ms: u64,
     jitter_ms: u64,
     locals: Vec<(ParticipantId, LocalEvent)>,
+    engine_time: Duration,
     room_events: Vec<RoomEvent>,
     gone: Vec<(ParticipantId, LeaveReason)>,
 }
@@ -84,6 +85,7 @@ impl Sim {
             delay_ms: 5,
             jitter_ms: 0,
             locals: Vec::new(),
+            engine_time: Duration::ZERO,
             room_events: Vec::new(),
             gone: Vec::new(),
         }
@@ -175,8 +177,10 @@ impl Sim {
         let sfu: SocketAddr = SFU.parse().unwrap();
         for p in due {
             if p.to == sfu {
+                let t = Instant::now();
                 self.engine.handle_receive(now, Protocol::Udp, p.from, p.to, &p.data);
                 self.drain_engine();
+                self.engine_time += t.elapsed();
             } else if let Some(ci) = self.clients.iter().position(|c| c.addr == p.to) {
                 let r = Receive::new(Protocol::Udp, p.from, p.to, &p.data).unwrap();
                 self.clients[ci].rtc.handle_input(Input::Receive(now, r)).unwrap();
@@ -810,3 +814,28 @@ fn simulcast_whip_publisher_is_received_on_one_layer() {
     assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "layers seen {layers:?}");
 }
 
+
+/// Prints the engine's CPU cost per forwarded packet (one VP8 publisher, 8
+/// str0m viewers: SRTP, rewriting, pacing included; sfu-core at -O0 in the
+/// test profile, dependencies at -O2). A number, not a pass/fail threshold.
+#[test]
+fn forwarding_cost_is_printed() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 100;
+    let mut sim = Sim::new(config);
+    let p = sim.add_client();
+    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let n = 8;
+    let viewers: Vec<usize> = (0..n).map(|_| sim.add_client()).collect();
+    for (i, v) in viewers.iter().enumerate() {
+        sim.join_http(*v, &format!("v{i}"), PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    }
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p) && viewers.iter().all(|v| s.connected(*v))));
+    publisher_sends_vp8(&mut sim, p, mids[0], 30, 30, 0);
+    let (t0, f0) = (sim.engine_time, sim.engine.stats().forwarded_packets);
+    publisher_sends_vp8(&mut sim, p, mids[0], 300, 60, 30);
+    let (t1, f1) = (sim.engine_time, sim.engine.stats().forwarded_packets);
+    let per = (t1 - t0).as_secs_f64() * 1e6 / (f1 - f0) as f64;
+    println!("forwarding cost: {per:.2} µs of engine time per forwarded packet ({} packets to {n} subscribers, debug profile)", f1 - f0);
+    assert!(f1 - f0 >= 300 * 3 * n as u64 * 9 / 10);
+}
