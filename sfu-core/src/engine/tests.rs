@@ -36,6 +36,7 @@ impl Rng {
 }
 
 struct Packet {
+    proto: Protocol,
     at: Instant,
     from: SocketAddr,
     to: SocketAddr,
@@ -108,7 +109,11 @@ impl Sim {
         }
         let jitter = if self.jitter_ms > 0 { self.rng.next() % self.jitter_ms } else { 0 };
         let at = self.now + Duration::from_millis(self.delay_ms + jitter);
-        self.net.push(Packet { at, from, to, data });
+        self.net.push(Packet { proto: self.proto_of(from, to), at, from, to, data });
+    }
+
+    fn proto_of(&self, from: SocketAddr, to: SocketAddr) -> Protocol {
+        if from.port() == 5001 || to.port() == 5001 || from.port() == 9 || to.port() == 9 { Protocol::Tcp } else { Protocol::Udp }
     }
 
     fn drain_client(&mut self, i: usize) {
@@ -176,13 +181,13 @@ impl Sim {
         due.sort_by_key(|p| p.at);
         let sfu: SocketAddr = SFU.parse().unwrap();
         for p in due {
-            if p.to == sfu {
+            if p.to.ip() == sfu.ip() {
                 let t = Instant::now();
-                self.engine.handle_receive(now, Protocol::Udp, p.from, p.to, &p.data);
+                self.engine.handle_receive(now, p.proto, p.from, p.to, &p.data);
                 self.drain_engine();
                 self.engine_time += t.elapsed();
-            } else if let Some(ci) = self.clients.iter().position(|c| c.addr == p.to) {
-                let r = Receive::new(Protocol::Udp, p.from, p.to, &p.data).unwrap();
+            } else if let Some(ci) = self.clients.iter().position(|c| c.addr.ip() == p.to.ip()) {
+                let r = Receive::new(p.proto, p.from, p.to, &p.data).unwrap();
                 self.clients[ci].rtc.handle_input(Input::Receive(now, r)).unwrap();
                 self.drain_client(ci);
             }
@@ -838,4 +843,27 @@ fn forwarding_cost_is_printed() {
     let per = (t1 - t0).as_secs_f64() * 1e6 / (f1 - f0) as f64;
     println!("forwarding cost: {per:.2} µs of engine time per forwarded packet ({} packets to {n} subscribers, debug profile)", f1 - f0);
     assert!(f1 - f0 >= 300 * 3 * n as u64 * 9 / 10);
+}
+
+/// ICE-TCP: a client with only an active TCP candidate reaches the SFU's
+/// passive TCP candidate (RFC 4571 framing is the edge's job; here the engine
+/// sees de-framed packets with `Protocol::Tcp`).
+#[test]
+fn a_tcp_only_client_connects_and_publishes() {
+    let now = Instant::now();
+    let udp = Candidate::host(SFU.parse().unwrap(), "udp").unwrap();
+    let tcp = Candidate::builder().tcp().host("10.0.0.1:5001".parse().unwrap()).tcptype(str0m::net::TcpType::Passive).build().unwrap();
+    let mut sim = Sim::new(SfuConfig::default());
+    sim.engine = Engine::new(SfuConfig::default(), vec![udp, tcp], now, SystemTime::now());
+    let addr: SocketAddr = "10.0.0.50:9".parse().unwrap();
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(sim.now);
+    rtc.add_local_candidate(Candidate::builder().tcp().host(addr).tcptype(str0m::net::TcpType::Active).build().unwrap());
+    sim.clients.push(Client { rtc, addr, timeout: sim.now, events: Vec::new(), id: None, signals: Vec::new() });
+    let v = sim.add_client();
+    let mids = sim.join_http(0, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.connected(0)), "connected over TCP");
+    sim.join_http(v, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
+    publisher_sends_vp8(&mut sim, 0, mids[0], 30, 10, 0);
+    assert!(sim.rtp_received(v).len() >= 60, "{}", sim.rtp_received(v).len());
 }
