@@ -867,3 +867,44 @@ fn a_tcp_only_client_connects_and_publishes() {
     publisher_sends_vp8(&mut sim, 0, mids[0], 30, 10, 0);
     assert!(sim.rtp_received(v).len() >= 60, "{}", sim.rtp_received(v).len());
 }
+
+/// The room WHEP (`POST /whep/{room}`) follows the active speaker: the video
+/// source switches at the new speaker's keyframe, one continuous sequence.
+#[test]
+fn the_speaker_view_switches_source_with_continuity() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let mk = |id: &str| LocalJoin { identity: id.into(), subscribe: LocalSubscription::None, ..camera(&[]) };
+    let a = sim.engine.join_local(sim.now, mk("ann")).unwrap();
+    let b = sim.engine.join_local(sim.now, mk("ben")).unwrap();
+    sim.drain_engine();
+    let v = sim.add_client();
+    sim.join_http(v, "viewer", PeerRole::Whep { target: None }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
+    let mut f = 0u32;
+    let mut talk = |sim: &mut Sim, loud: ParticipantId, frames: u32| {
+        for _ in 0..frames {
+            f += 1;
+            for (i, id) in [a, b].into_iter().enumerate() {
+                let key = f % 15 == 0;
+                let p = local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i as u8, f), sim.now);
+                sim.engine.local_packet(sim.now, id, p);
+                let mut au = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
+                au.audio_level = Some(if id == loud { 10 } else { 100 });
+                sim.engine.local_packet(sim.now, id, au);
+            }
+            sim.drain_engine();
+            sim.run(Duration::from_millis(33));
+        }
+    };
+    talk(&mut sim, a, 60);
+    talk(&mut sim, b, 90);
+    let video: Vec<_> = sim.rtp_received(v).into_iter().filter(|p| p.payload.len() == 6).map(|p| (*p.seq_no, p.payload[1], p.payload[0] & 0x1f)).collect();
+    let mut video = video;
+    video.sort();
+    let first_b = video.iter().position(|x| x.1 == 1).expect("the view switched to ben");
+    assert!(video[..first_b].iter().all(|x| x.1 == 0), "ann first");
+    assert!(video[first_b..].iter().all(|x| x.1 == 1), "then ben only");
+    assert_eq!(video[first_b].2, 5, "switch on ben's IDR");
+    let span = video[video.len() - 1].0 - video[0].0 + 1;
+    assert_eq!(span as usize, video.len(), "one continuous sequence across the speaker change");
+}
