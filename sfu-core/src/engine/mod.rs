@@ -164,6 +164,9 @@ struct DownTrack {
     mid: Option<Mid>,
     /// Negotiated (room protocol: after the answer).
     ready: bool,
+    /// The m-line is known to both sides (an answer covered it): it can be
+    /// set inactive and later reused for another subscription.
+    negotiated: bool,
     /// Payload type on the subscriber's side, resolved against the source's codec.
     pt: Option<str0m::media::Pt>,
     rewriter: Rewriter,
@@ -218,16 +221,43 @@ struct Track {
 struct Negotiation {
     server_seq: u64,
     pending: Option<PendingOffer>,
-    /// Tracks to add in the next server offer.
-    wanted: Vec<TrackKey>,
+    /// Tracks to add in the next server offer (with the tile width asked for).
+    wanted: Vec<(TrackKey, Option<u32>)>,
     /// m-lines to deactivate in the next server offer.
     removals: Vec<Mid>,
+    /// Down-tracks whose m-line carries nothing (inactive, or about to be):
+    /// a new subscription of the same kind reuses one instead of adding an
+    /// m-line, so a long meeting with join/leave churn keeps a bounded SDP.
+    /// Each keeps its rewriter, so the m-line's SSRC continues its numbering.
+    parked: Vec<DownTrack>,
+}
+
+impl Negotiation {
+    /// A room-protocol down-track stops carrying a subscription: its m-line
+    /// goes inactive in the next offer (once negotiated) and waits for reuse.
+    fn park(&mut self, mut d: DownTrack) {
+        let Some(mid) = d.mid else { return };
+        d.source = None;
+        d.ready = false;
+        d.pt = None;
+        d.rewriter.detach();
+        if d.negotiated && !self.removals.contains(&mid) {
+            self.removals.push(mid);
+        }
+        self.parked.push(d);
+    }
+
+    /// Is `tk` being subscribed already (waiting, or in the outstanding offer)?
+    fn has_pending(&self, tk: TrackKey) -> bool {
+        self.wanted.iter().any(|w| w.0 == tk) || self.pending.as_ref().is_some_and(|p| p.added.iter().any(|a| a.0 == tk))
+    }
 }
 
 struct PendingOffer {
     seq: u64,
     pending: SdpPendingOffer,
-    added: Vec<TrackKey>,
+    /// Subscriptions this offer carries, with their m-lines (new or reused).
+    added: Vec<(TrackKey, Mid)>,
 }
 
 enum Kind {
@@ -1247,9 +1277,7 @@ impl Engine {
                 Bind::Track => {
                     let d = s.downtracks.remove(i);
                     if s.is_room_client() {
-                        if let Some(mid) = d.mid {
-                            s.neg.removals.push(mid);
-                        }
+                        s.neg.park(d);
                         self.out.push_back(Output::Signal(*sid, ServerMessage::Unsubscribed { track: t.id.to_string() }));
                     }
                 }

@@ -1085,3 +1085,85 @@ fn connection_quality_follows_loss_and_loss_is_counted() {
     let secs = sim.now.saturating_duration_since(t0).as_secs_f64();
     assert!((all.len() as f64) <= secs / 2.0 + 2.0, "rate-limited: {} messages in {secs:.1} s", all.len());
 }
+
+fn m_lines(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
+}
+
+/// Join/leave churn in a long meeting: a room-protocol client subscribed to
+/// each newcomer keeps a bounded SDP, because the server reuses the inactive
+/// m-lines of those who left; media flows on a reused m-line with the same
+/// SSRC and one continuous sequence.
+#[test]
+fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 1000;
+    let mut sim = Sim::new(config);
+    let c = sim.add_client();
+    ws_join(&mut sim, c, "carl");
+    let mut last_offer = String::new();
+    let mut offers = 0;
+    // answer like a browser, including the offers that answers trigger
+    let mut answer = |sim: &mut Sim, last_offer: &mut String| {
+        while sim.clients[c].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })) {
+            for m in &sim.clients[c].signals {
+                if let ServerMessage::Offer { sdp, .. } = m {
+                    *last_offer = sdp.clone();
+                    offers += 1;
+                }
+            }
+            answer_server_offers(sim, c);
+        }
+    };
+    let rounds = 12u8;
+    for i in 0..rounds {
+        let pid = sim.engine.join_local(sim.now, LocalJoin { identity: format!("p{i}"), ..camera(&[]) }).unwrap();
+        sim.drain_engine();
+        if i == 5 {
+            // glare on a reuse: carl ignores the server's offer and offers its microphone;
+            // the server rolls back (the reused m-lines go back to the parking), answers, re-offers
+            assert!(sim.clients[c].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })));
+            sim.clients[c].signals.retain(|m| !matches!(m, ServerMessage::Offer { .. }));
+            let mut api = sim.clients[c].rtc.sdp_api();
+            api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            let id = sim.clients[c].id.unwrap();
+            sim.engine.client_message(sim.now, id, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 7 });
+            sim.drain_engine();
+            take_answer(&mut sim, c, pending);
+        }
+        answer(&mut sim, &mut last_offer);
+        if i == 0 {
+            assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(c)));
+        }
+        sim.run(Duration::from_millis(50));
+        for f in 0..20u32 {
+            let key = f == 0;
+            sim.engine.local_packet(sim.now, pid, local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i, f), sim.now));
+            let mut a = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from(vec![0xfc, i, 0]), sim.now);
+            a.audio_level = Some(40);
+            sim.engine.local_packet(sim.now, pid, a);
+            sim.drain_engine();
+            sim.run(Duration::from_millis(20));
+        }
+        sim.run(Duration::from_millis(100));
+        let video_of_round = sim.rtp_received(c).iter().filter(|p| p.payload.len() == 6 && p.payload[1] == i).count();
+        assert!(video_of_round >= 19, "round {i}: {video_of_round} video packets");
+        sim.engine.leave(sim.now, pid, LeaveReason::Left);
+        sim.drain_engine();
+        answer(&mut sim, &mut last_offer);
+        sim.run(Duration::from_millis(50));
+    }
+    assert!(offers >= 2 * rounds as usize, "{offers} offers");
+    // one video and one audio m-line reused by every publisher, plus carl's own microphone
+    assert!(m_lines(&last_offer) <= 3, "bounded SDP after {rounds} publishers came and went: {} m-lines", m_lines(&last_offer));
+    // one video SSRC for all rounds, one continuous sequence through the reuses
+    let video: Vec<_> = sim.rtp_received(c).into_iter().filter(|p| p.payload.len() == 6).collect();
+    let ssrcs: std::collections::BTreeSet<_> = video.iter().map(|p| p.header.ssrc).collect();
+    assert_eq!(ssrcs.len(), 1, "the reused m-line keeps its SSRC");
+    let mut seqs: Vec<u64> = video.iter().map(|p| *p.seq_no).collect();
+    seqs.sort();
+    assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "one continuous sequence across reuses");
+    let rounds_seen: std::collections::BTreeSet<u8> = video.iter().map(|p| p.payload[1]).collect();
+    assert_eq!(rounds_seen.len(), rounds as usize);
+}
