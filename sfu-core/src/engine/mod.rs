@@ -359,6 +359,10 @@ pub struct Engine {
     counters: Counters,
     metrics: Option<Metrics>,
     speaker_params: SpeakerParams,
+    /// One DTLS certificate for every peer (its fingerprint goes in each
+    /// answer); generated once instead of a key pair and a signature per join,
+    /// which a join flood on a small ARM board would feel.
+    dtls_cert: Option<str0m::config::DtlsCert>,
 }
 
 impl Engine {
@@ -389,6 +393,7 @@ impl Engine {
             counters: Counters::default(),
             metrics: None,
             speaker_params: SpeakerParams::default(),
+            dtls_cert: str0m::crypto::from_feature_flags().dtls_provider.generate_certificate(),
         }
     }
 
@@ -574,7 +579,11 @@ impl Engine {
     fn rtc_config(&self, room: &str) -> RtcConfig {
         let codecs = self.config.room_codecs(room);
         let has = |c| codecs.contains(&c);
-        RtcConfig::new()
+        let config = match &self.dtls_cert {
+            Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
+            None => RtcConfig::new(),
+        };
+        config
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
