@@ -360,8 +360,8 @@ pub struct Engine {
     metrics: Option<Metrics>,
     speaker_params: SpeakerParams,
     /// One DTLS certificate for every peer (its fingerprint goes in each
-    /// answer); generated once instead of a key pair and a signature per join,
-    /// which a join flood on a small ARM board would feel.
+    /// answer); generated at the first remote join instead of a key pair and
+    /// a signature per join, which a join flood on a small ARM board would feel.
     dtls_cert: Option<str0m::config::DtlsCert>,
 }
 
@@ -393,7 +393,7 @@ impl Engine {
             counters: Counters::default(),
             metrics: None,
             speaker_params: SpeakerParams::default(),
-            dtls_cert: str0m::crypto::from_feature_flags().dtls_provider.generate_certificate(),
+            dtls_cert: None,
         }
     }
 
@@ -632,6 +632,9 @@ impl Engine {
         }
         self.admit(now, &join.room)?;
 
+        if self.dtls_cert.is_none() {
+            self.dtls_cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
+        }
         let mut rtc = self.rtc_config(&join.room).build(now);
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
