@@ -1,1 +1,3 @@
 //! `roombox`: the library behind `roomboxd`, the appliance daemon.
+
+pub mod media;
