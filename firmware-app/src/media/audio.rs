@@ -38,12 +38,12 @@ pub struct OpusPacket<'a> {
 }
 
 impl OpusEncoder {
-    pub fn new(bitrate_bps: u32) -> Result<OpusEncoder, MediaError> {
+    pub fn new(bitrate_bps: u32, dtx: bool) -> Result<OpusEncoder, MediaError> {
         let mut enc = opus::Encoder::new(AUDIO_RATE, Channels::Mono, Application::Voip)?;
         enc.set_bitrate(Bitrate::Bits(bitrate_bps as i32))?;
         enc.set_inband_fec(true)?;
         enc.set_packet_loss_perc(10)?;
-        enc.set_dtx(true)?;
+        enc.set_dtx(dtx)?;
         enc.set_complexity(5)?;
         Ok(OpusEncoder { enc, out: vec![0; 1500] })
     }
@@ -299,7 +299,7 @@ mod tests {
     }
 
     fn encode_tone(frames: usize) -> Vec<Bytes> {
-        let mut enc = OpusEncoder::new(32_000).unwrap();
+        let mut enc = OpusEncoder::new(32_000, true).unwrap();
         (0..frames)
             .map(|k| {
                 let pcm = tone(440.0, 0.3, k * 960, 960);
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn dtx_sends_nothing_for_digital_silence() {
-        let mut enc = OpusEncoder::new(32_000).unwrap();
+        let mut enc = OpusEncoder::new(32_000, true).unwrap();
         let sent = (0..50).filter(|_| enc.encode(&[0; 960]).unwrap().is_some()).count();
         assert!(sent < 15, "{sent} of 50 silent frames sent");
     }

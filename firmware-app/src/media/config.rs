@@ -49,6 +49,8 @@ pub struct MediaConfig {
     pub period_ms: u32,
     /// Opus target bitrate.
     pub opus_bitrate_bps: u32,
+    /// Opus discontinuous transmission: no packets while the room is quiet.
+    pub opus_dtx: bool,
     /// Acoustic echo cancellation on the microphone (needs the `aec` feature).
     pub aec: bool,
     /// Start with the microphone muted / the camera off.
@@ -75,6 +77,7 @@ impl Default for MediaConfig {
             playback: PlaybackConfig::None,
             period_ms: 10,
             opus_bitrate_bps: 32_000,
+            opus_dtx: true,
             aec: true,
             start_mic_muted: false,
             start_camera_off: false,

@@ -261,6 +261,9 @@ pub struct H264Encoder {
     force_key: bool,
     nal_buf: Vec<u8>,
     nal_ranges: Vec<std::ops::Range<usize>>,
+    initialised: bool,
+    bitrate_pending: bool,
+    initial_bitrate: u32,
 }
 
 impl H264Encoder {
@@ -274,6 +277,8 @@ impl H264Encoder {
             .profile(Profile::Baseline)
             .level(level)
             .complexity(Complexity::Low)
+            // keyframes only when a viewer asks (PLI/FIR): a scene cut is no reason to spend an IDR
+            .scene_change_detect(false)
             .skip_frames(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(fps * 60))
             .num_threads(1);
@@ -286,6 +291,9 @@ impl H264Encoder {
             force_key: true,
             nal_buf: Vec::with_capacity(256 * 1024),
             nal_ranges: Vec::with_capacity(16),
+            initialised: false,
+            bitrate_pending: false,
+            initial_bitrate: bitrate_bps,
         })
     }
 
@@ -302,18 +310,31 @@ impl H264Encoder {
         if bps == self.bitrate {
             return Ok(());
         }
+        let raising = bps > self.bitrate;
         self.bitrate = bps;
-        let mut info =
-            openh264_sys2::SBitrateInfo { iLayer: openh264_sys2::SPATIAL_LAYER_ALL, iBitrate: bps as i32 };
-        // SAFETY: the options take a pointer to an `SBitrateInfo` that lives across the call;
-        // the encoder was initialised by its first `encode` (before that the option is stored
-        // by our own `bitrate` and applied on the forced first frame below).
-        unsafe {
-            let api = self.encoder.raw_api();
-            let raise = api.set_option(openh264_sys2::ENCODER_OPTION_MAX_BITRATE, (&raw mut info).cast());
-            let set = api.set_option(openh264_sys2::ENCODER_OPTION_BITRATE, (&raw mut info).cast());
-            if raise != 0 || set != 0 {
-                return Err(MediaError::H264(format!("set bitrate {bps}: codes {raise}/{set}")));
+        if !self.initialised {
+            // openh264 is set up by the first encode; apply then
+            self.bitrate_pending = true;
+            return Ok(());
+        }
+        // Per-layer max first when raising, target first when lowering: openh264
+        // refuses a layer whose target exceeds its max.
+        let layer = openh264_sys2::SPATIAL_LAYER_0;
+        let order = if raising {
+            [openh264_sys2::ENCODER_OPTION_MAX_BITRATE, openh264_sys2::ENCODER_OPTION_BITRATE]
+        } else {
+            [openh264_sys2::ENCODER_OPTION_BITRATE, openh264_sys2::ENCODER_OPTION_MAX_BITRATE]
+        };
+        for option in order {
+            let mut info = openh264_sys2::SBitrateInfo { iLayer: layer, iBitrate: bps as i32 };
+            // SAFETY: the option reads an `SBitrateInfo` that lives across the call; the
+            // encoder is initialised (the crate initialises it in `with_api_config`'s first
+            // encode, and `set_bitrate` before any encode only records the value below).
+            let code = unsafe { self.encoder.raw_api().set_option(option, (&raw mut info).cast()) };
+            if code != 0 {
+                return Err(MediaError::H264(format!(
+                    "set bitrate {bps}: option {option} failed with {code}"
+                )));
             }
         }
         Ok(())
@@ -337,11 +358,22 @@ impl H264Encoder {
             // before the first frame the encoder is not initialised; the first frame is an IDR anyway
             self.encoder.force_intra_frame();
         }
+        if !self.initialised {
+            self.encoder.encode(frame)?;
+            self.initialised = true;
+            if std::mem::take(&mut self.bitrate_pending) {
+                let want = std::mem::replace(&mut self.bitrate, self.initial_bitrate);
+                self.set_bitrate(want)?;
+            }
+            // encode the first frame again as the stream's real start (an IDR)
+            self.encoder.force_intra_frame();
+        }
         let bs = self.encoder.encode(frame)?;
         let encode_time = started.elapsed();
+        // only an IDR (with SPS/PPS before it) lets a new viewer start decoding
         let keyframe = match bs.frame_type() {
-            FrameType::IDR | FrameType::I => true,
-            FrameType::P | FrameType::IPMixed => false,
+            FrameType::IDR => true,
+            FrameType::I | FrameType::P | FrameType::IPMixed => false,
             FrameType::Skip | FrameType::Invalid => return Ok(None),
         };
         // copy out of openh264's buffer (it is reused by the next call)

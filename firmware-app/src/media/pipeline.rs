@@ -534,7 +534,7 @@ pub struct AudioPublisher {
 impl AudioPublisher {
     pub fn new(cfg: &MediaConfig, clock: MediaClock) -> Result<AudioPublisher, MediaError> {
         Ok(AudioPublisher {
-            encoder: OpusEncoder::new(cfg.opus_bitrate_bps)?,
+            encoder: OpusEncoder::new(cfg.opus_bitrate_bps, cfg.opus_dtx)?,
             seq: 0,
             frame: vec![0; AUDIO_FRAME_SAMPLES],
             fill: 0,

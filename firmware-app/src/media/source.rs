@@ -114,20 +114,23 @@ pub struct SyntheticVideo {
 
 impl SyntheticVideo {
     pub fn new(clock: MediaClock, width: usize, height: usize) -> SyntheticVideo {
+        // periodic in x with a period dividing the width, so the scroll wraps seamlessly
+        let band = (width / 40).max(1);
         let w2 = width * 2;
         let mut luma = vec![0u8; w2 * height];
         for y in 0..height {
             for x in 0..w2 {
-                let band = ((x + y) / 32) % 8;
-                luma[y * w2 + x] = (40 + band * 24 + (x % 32)) as u8;
+                let b = ((x + y) / band) % 8;
+                luma[y * w2 + x] = (40 + b * 24 + (x % band) * 16 / band) as u8;
             }
         }
         let (cw, ch) = (width, height / 2);
+        let half = (width / 2).max(1);
         let mut chroma_u = vec![0u8; cw * ch];
         let mut chroma_v = vec![0u8; cw * ch];
         for y in 0..ch {
             for x in 0..cw {
-                let bar = (x * 8 / cw) as u8;
+                let bar = ((x % half) * 8 / half) as u8;
                 chroma_u[y * cw + x] = 64 + bar * 16;
                 chroma_v[y * cw + x] = 192 - bar * 16;
             }
