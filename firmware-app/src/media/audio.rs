@@ -177,23 +177,34 @@ impl JitterBuffer {
             }
         }
         let Some(next) = self.next else { return false };
+        let mut advance = true;
         let r = if let Some(p) = self.packets.remove(&next) {
             self.dry_ticks = 0;
             self.stats.played += 1;
             self.decoder.decode(&p, out)
         } else if let Some(p) = self.packets.get(&(next + 1)) {
+            // lost, and its successor is here: rebuild it from the successor's FEC
             self.stats.fec_recovered += 1;
             let p = p.clone();
             self.decoder.decode_fec(&p, out)
+        } else if self.packets.range(next..).next().is_some() {
+            // lost, later packets are here: conceal and move on
+            self.stats.concealed += 1;
+            self.decoder.conceal(out)
         } else {
+            // nothing yet: the sender's clock is behind ours or the network
+            // stalled; conceal and keep waiting for this packet (no loss)
             self.dry_ticks += 1;
             self.stats.concealed += 1;
+            advance = false;
             self.decoder.conceal(out)
         };
         if r.is_err() {
             out[..AUDIO_FRAME_SAMPLES].fill(0);
         }
-        self.next = Some(next + 1);
+        if advance {
+            self.next = Some(next + 1);
+        }
         if self.dry_ticks >= 10 && self.packets.is_empty() {
             // 200 ms without a packet: stop and re-buffer
             self.playing = false;
