@@ -217,11 +217,11 @@ fn remote_audio_is_mixed_and_played_through_alsa() {
     let alice = tone_packets(440.0, 75);
     let bob = tone_packets(1000.0, 25);
     let feed_start = Instant::now();
-    for k in 0..75usize {
+    for (k, packet) in alice.iter().enumerate() {
         pipeline.input(PipelineInput::RemoteAudio {
             track: "alice/mic".into(),
             seq: k as u16,
-            payload: alice[k].clone(),
+            payload: packet.clone(),
         });
         if (25..50).contains(&k) {
             let j = k - 25;

@@ -237,7 +237,7 @@ fn pipeline_keeps_lips_and_voice_in_sync_and_obeys_privacy() {
     let first_ts = audio[0].timestamp;
     for (i, p) in audio.iter().enumerate().skip(1) {
         let step = p.timestamp.wrapping_sub(audio[i - 1].timestamp);
-        assert!(step >= 960 && step < 48_000, "audio RTP time moves forward by a frame or more: {step}");
+        assert!((960..48_000).contains(&step), "audio RTP time moves forward by a frame or more: {step}");
     }
     for p in &audio {
         dec.decode(&p.payload, &mut frame).unwrap();
@@ -291,4 +291,85 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not met in {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A camera this machine lacks, unplugged mid-meeting: it delivers the
+/// synthetic pattern until `lost_after` frames, then fails as unplugged until
+/// `back` is set. Only the hardware boundary is doubled; the pipeline is real.
+struct FlakyCamera {
+    inner: SyntheticVideo,
+    delivered: usize,
+    lost_after: usize,
+    back: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl VideoSource for FlakyCamera {
+    fn next_frame(&mut self, frame: &mut VideoFrame, due: Instant) -> Result<(), roombox::media::MediaError> {
+        if self.delivered >= self.lost_after && !self.back.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(roombox::media::MediaError::DeviceLost("camera"));
+        }
+        self.delivered += 1;
+        self.inner.next_frame(frame, due)
+    }
+    fn paced(&self) -> bool {
+        false
+    }
+    fn reopen(&mut self) -> Result<(), roombox::media::MediaError> {
+        if self.back.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(roombox::media::MediaError::DeviceLost("camera"))
+        }
+    }
+    fn describe(&self) -> String {
+        "flaky test camera".into()
+    }
+}
+
+#[test]
+fn an_unplugged_camera_shows_a_slate_and_the_picture_returns() {
+    use roombox::media::DeviceState;
+    let c = MediaConfig { fps: 15, ..cfg(320, 180) };
+    let clock = MediaClock::new(Instant::now());
+    let back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let devices = Devices {
+        video: Box::new(FlakyCamera {
+            inner: SyntheticVideo::new(clock, 320, 180),
+            delivered: 0,
+            lost_after: 10,
+            back: back.clone(),
+        }),
+        audio: Box::new(SyntheticAudio::new(clock)),
+        playback: None,
+    };
+    let sink = Arc::new(CollectSink::default());
+    let metrics = MediaMetrics::new().unwrap();
+    let pipeline = Pipeline::start(&c, clock, devices, sink.clone(), metrics.clone()).unwrap();
+    wait_for(Duration::from_secs(10), || pipeline.status().camera == DeviceState::Lost);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(metrics.device_up.with_label_values(&["camera"]).get(), 0.0);
+    back.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(Duration::from_secs(5), || pipeline.status().camera == DeviceState::Ok);
+    std::thread::sleep(Duration::from_millis(500));
+    pipeline.stop();
+
+    let packets: Vec<LocalPacket> = sink.packets.lock().drain(..).map(|(_, p)| p).collect();
+    let frames = decode_video(&packets, 0);
+    // the picture, then the slate (without a gap in the track), then the picture again
+    let kinds: Vec<char> =
+        frames
+            .iter()
+            .map(|(_, _, f)| {
+                if f.v.iter().filter(|&&v| v.abs_diff(170) <= 3).count() > f.v.len() / 2 { 'L' } else { 'P' }
+            })
+            .collect();
+    let s: String = kinds.iter().collect();
+    let first_lost = s.find('L').expect("slate frames");
+    let back_at = s[first_lost..].find('P').expect("picture back") + first_lost;
+    assert_eq!(first_lost, 10, "slate right after the last frame: {s}");
+    assert!(back_at - first_lost >= 8, "slate shown while lost: {s}");
+    assert!(s[back_at..].chars().all(|k| k == 'P'), "{s}");
+    // the track never stopped: frames kept their pace while the camera was away
+    let span_ms = (frames.last().unwrap().0 - frames[0].0) / 90;
+    assert!(frames.len() as u32 >= span_ms * 15 / 1000 * 8 / 10, "{} frames over {span_ms} ms", frames.len());
 }

@@ -3,8 +3,8 @@
 //! `webrtc-audio-processing` crate (feature `aec`).
 //!
 //! Why version 0.5 and not 2.1: 2.1's `bundled` build asks meson for abseil
-//! >= 20240722; Debian 12 ships 20220623, so meson falls back to its wrap file,
-//! which downloads abseil from GitHub at build time — impossible on this
+//! 20240722 or newer; Debian 12 ships 20220623, so meson falls back to its wrap
+//! file, which downloads abseil from GitHub at build time — impossible on this
 //! machine and on an air-gapped build host. 0.5 bundles WebRTC APM 0.3 (the
 //! AEC of the same family, with delay-agnostic mode and the extended filter)
 //! and builds offline with autotools.

@@ -112,6 +112,20 @@ impl AlsaCapture {
     }
 }
 
+impl AlsaCapture {
+    /// A microphone that may be absent now: it starts lost and the pipeline
+    /// retries it every second (the room still publishes its camera).
+    pub fn open_or_lost(device: &str, period_frames: usize) -> AlsaCapture {
+        match AlsaCapture::open(device, period_frames) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(device, error = %e, "microphone not available; will retry");
+                AlsaCapture { device: device.to_owned(), period: period_frames, pcm: None, xruns: 0 }
+            }
+        }
+    }
+}
+
 impl AudioSource for AlsaCapture {
     fn read(&mut self, buf: &mut [i16], _due: std::time::Instant) -> Result<(), MediaError> {
         let Some(pcm) = &self.pcm else { return Err(MediaError::DeviceLost("microphone")) };
@@ -148,6 +162,19 @@ impl AlsaPlayback {
     pub fn open(device: &str, period_frames: usize) -> Result<AlsaPlayback, MediaError> {
         let pcm = open_pcm(device, Direction::Playback, period_frames)?;
         Ok(AlsaPlayback { device: device.to_owned(), period: period_frames, pcm: Some(pcm), xruns: 0 })
+    }
+}
+
+impl AlsaPlayback {
+    /// Speakers that may be absent now: retried every second by the pipeline.
+    pub fn open_or_lost(device: &str, period_frames: usize) -> AlsaPlayback {
+        match AlsaPlayback::open(device, period_frames) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(device, error = %e, "speakers not available; will retry");
+                AlsaPlayback { device: device.to_owned(), period: period_frames, pcm: None, xruns: 0 }
+            }
+        }
     }
 }
 

@@ -137,7 +137,7 @@ impl MediaConfig {
         if self.width < 64 || self.height < 64 || self.width > 3840 || self.height > 2160 {
             problems.push(format!("size {}x{} outside 64x64..3840x2160", self.width, self.height));
         }
-        if self.width % 4 != 0 || self.height % 4 != 0 {
+        if !self.width.is_multiple_of(4) || !self.height.is_multiple_of(4) {
             problems.push(format!("size {}x{} must be a multiple of 4", self.width, self.height));
         }
         if self.fps == 0 || self.fps > 60 {

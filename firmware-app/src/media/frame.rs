@@ -65,8 +65,8 @@ pub fn yuyv_to_i420(
     stride: usize,
     dst: &mut VideoFrame,
 ) -> Result<(), String> {
-    if width % 2 != 0
-        || height % 2 != 0
+    if !width.is_multiple_of(2)
+        || !height.is_multiple_of(2)
         || stride < width * 2
         || src.len() < stride * (height - 1) + width * 2
     {
@@ -90,8 +90,8 @@ pub fn yuyv_to_i420(
             y1[2 * x] = pb[0];
             y1[2 * x + 1] = pb[2];
             let ci = (row / 2) * cw + x;
-            dst.u[ci] = ((pa[1] as u16 + pb[1] as u16 + 1) / 2) as u8;
-            dst.v[ci] = ((pa[3] as u16 + pb[3] as u16 + 1) / 2) as u8;
+            dst.u[ci] = (pa[1] as u16 + pb[1] as u16).div_ceil(2) as u8;
+            dst.v[ci] = (pa[3] as u16 + pb[3] as u16).div_ceil(2) as u8;
         }
     }
     Ok(())
@@ -106,8 +106,8 @@ pub fn nv12_to_i420(
     dst: &mut VideoFrame,
 ) -> Result<(), String> {
     let uv_off = stride * height;
-    if width % 2 != 0
-        || height % 2 != 0
+    if !width.is_multiple_of(2)
+        || !height.is_multiple_of(2)
         || stride < width
         || src.len() < uv_off + stride * (height / 2 - 1) + width
     {
@@ -288,7 +288,7 @@ mod tests {
         yuyv_to_i420(&yuyv, w, h, w * 2, &mut a).unwrap();
         nv12_to_i420(&nv12, w, h, w, &mut b).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.y[1 * w + 3], 13);
+        assert_eq!(a.y[w + 3], 13);
         assert!(a.u.iter().all(|&u| u == 100) && a.v.iter().all(|&v| v == 200));
         assert!(yuyv_to_i420(&yuyv[..10], w, h, w * 2, &mut a).is_err());
         assert!(nv12_to_i420(&nv12[..w * h], w, h, w, &mut b).is_err());

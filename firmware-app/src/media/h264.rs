@@ -279,6 +279,9 @@ impl H264Encoder {
             .complexity(Complexity::Low)
             // keyframes only when a viewer asks (PLI/FIR): a scene cut is no reason to spend an IDR
             .scene_change_detect(false)
+            // pre-analysis a conference camera does not need; ~15 % of encode time at 720p
+            .background_detection(false)
+            .adaptive_quantization(false)
             .skip_frames(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(fps * 60))
             .num_threads(1);
@@ -465,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_lost_fragment_drops_the_unit_and_the_next_one_decodes() {
-        let nals = vec![nal(5, 4000, 3)];
+        let nals = [nal(5, 4000, 3)];
         let mut p = H264Packetizer::new(1200);
         let mut out = Vec::new();
         p.packetize(nals.iter().map(|n| n.as_slice()), &mut out);
@@ -520,7 +523,7 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = d.push(seq, &p, x % 3 == 0);
+            let _ = d.push(seq, &p, x.is_multiple_of(3));
         }
     }
 

@@ -84,7 +84,9 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// Open what the configuration names.
+    /// Open what the configuration names. A camera, microphone or speakers
+    /// missing now are not an error: they start lost and are retried every
+    /// second (the room stays up); a missing file is an error.
     pub fn from_config(cfg: &MediaConfig, clock: MediaClock) -> Result<Devices, MediaError> {
         let (w, h) = (cfg.width as usize, cfg.height as usize);
         let video: Box<dyn VideoSource> = match &cfg.video {
@@ -618,7 +620,7 @@ fn mic_thread(
     clock: MediaClock,
     mut source: Box<dyn AudioSource>,
     mut publisher: AudioPublisher,
-    #[allow(unused_mut)] mut aec: Option<Aec>,
+    #[allow(unused_mut, unused_variables)] mut aec: Option<Aec>,
     sink: Arc<dyn PacketSink>,
     shared: Arc<Shared>,
     metrics: MediaMetrics,
@@ -727,7 +729,7 @@ fn mic_thread(
 
 fn speaker_thread(
     mut sink: Box<dyn AudioSink>,
-    #[allow(unused_mut)] mut aec: Option<Aec>,
+    #[allow(unused_mut, unused_variables)] mut aec: Option<Aec>,
     remote: Receiver<(String, u16, Bytes)>,
     shared: Arc<Shared>,
     metrics: MediaMetrics,

@@ -261,6 +261,21 @@ mod device {
     }
 
     impl V4l2Source<V4lDevice> {
+        /// A V4L2 device by path that may be absent now (see [`V4l2Source::new_or_lost`]).
+        pub fn open_path_or_lost(
+            path: &Path,
+            prefs: &[PixelFormat],
+            want: (u32, u32, u32),
+        ) -> V4l2Source<V4lDevice> {
+            let p: PathBuf = path.to_owned();
+            V4l2Source::new_or_lost(
+                path.display().to_string(),
+                Box::new(move || V4lDevice::open(&p)),
+                prefs,
+                want,
+            )
+        }
+
         /// Open a V4L2 device by path and negotiate.
         pub fn open_path(
             path: &Path,
@@ -291,6 +306,32 @@ mod device {
             };
             s.start()?;
             Ok(s)
+        }
+
+        /// Like [`V4l2Source::new`], but a camera that is missing (or
+        /// unusable) now is not an error: the source starts lost, the
+        /// pipeline shows the "camera lost" slate and retries every second.
+        pub fn new_or_lost(
+            name: String,
+            opener: Opener<B>,
+            prefs: &[PixelFormat],
+            want: (u32, u32, u32),
+        ) -> V4l2Source<B> {
+            let mut s = V4l2Source {
+                name,
+                opener,
+                backend: None,
+                prefs: prefs.to_vec(),
+                want,
+                active: None,
+                scratch: Vec::new(),
+                error: None,
+            };
+            if let Err(e) = s.start() {
+                tracing::warn!(device = %s.name, error = %e, "camera not available; will retry");
+                s.error = Some(e.to_string());
+            }
+            s
         }
 
         /// What was negotiated (`None` while the camera is lost).
@@ -328,8 +369,8 @@ mod device {
 
     impl<B: CameraBackend> VideoSource for V4l2Source<B> {
         fn next_frame(&mut self, frame: &mut VideoFrame, _due: Instant) -> Result<(), MediaError> {
-            if self.backend.is_none() {
-                self.start()?;
+            if self.backend.is_none() && self.start().is_err() {
+                return Err(MediaError::DeviceLost("camera"));
             }
             let (Some(b), Some((n, fmt))) = (self.backend.as_mut(), self.active) else {
                 return Err(MediaError::DeviceLost("camera"));
@@ -388,6 +429,10 @@ mod device {
         }
     }
 
+    /// What [`capture_frames`] returns: the negotiated mode, the I420 frames
+    /// and, per frame, its H.264 RTP payloads.
+    pub type Captured = (Negotiated, Vec<VideoFrame>, Vec<Vec<bytes::Bytes>>);
+
     /// Capture `n` frames from a V4L2 device through the pipeline's own
     /// source and converters, and encode them to H.264 RTP payloads as the
     /// room camera would. For running against a real driver (the `vivid` VM
@@ -397,7 +442,7 @@ mod device {
         prefs: &[PixelFormat],
         want: (u32, u32, u32),
         n: usize,
-    ) -> Result<(Negotiated, Vec<VideoFrame>, Vec<Vec<bytes::Bytes>>), MediaError> {
+    ) -> Result<Captured, MediaError> {
         let mut src = V4l2Source::open_path(path, prefs, want)?;
         let neg = src.negotiated().ok_or(MediaError::DeviceLost("camera"))?;
         let mut enc =
@@ -634,6 +679,27 @@ mod device {
             src.next_frame(&mut f, Instant::now()).unwrap();
             assert_eq!(f.y[0], 2);
             assert!(src.describe().contains("64x48"));
+        }
+
+        #[test]
+        fn a_camera_missing_at_boot_starts_lost_and_is_picked_up_later() {
+            let plugged = Arc::new(AtomicBool::new(false));
+            let counter = Arc::new(AtomicUsize::new(0));
+            let (p, c) = (plugged.clone(), counter.clone());
+            let opener = Box::new(move || {
+                if p.load(Ordering::SeqCst) {
+                    Ok(FakeCamera { plugged: p.clone(), counter: c.clone() })
+                } else {
+                    Err(io::Error::from_raw_os_error(2))
+                }
+            });
+            let mut src = V4l2Source::new_or_lost("fake".into(), opener, &[PixelFormat::Yuyv], (64, 48, 30));
+            let mut f = VideoFrame::black(2, 2, Instant::now());
+            assert!(matches!(src.next_frame(&mut f, Instant::now()), Err(MediaError::DeviceLost("camera"))));
+            plugged.store(true, Ordering::SeqCst);
+            src.reopen().unwrap();
+            src.next_frame(&mut f, Instant::now()).unwrap();
+            assert_eq!(f.width, 64);
         }
     }
 }
