@@ -56,7 +56,7 @@ impl EventRecorder {
         };
         if let Err(e) = r {
             let kind = match e {
-                StoreError::Full => "full",
+                StoreError::Full | StoreError::WriteFailed => "full",
                 StoreError::Closed => "closed",
                 _ => "other",
             };

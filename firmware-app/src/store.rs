@@ -144,6 +144,11 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: i64, supported: i64 },
     #[error("the database is full (disk full or store.max_size_mib reached); nothing was written")]
     Full,
+    #[error(
+        "the database could not be written (disk full, file size limit, or failing storage); \
+         the transaction was rolled back and earlier rows are intact"
+    )]
+    WriteFailed,
     #[error("not found: {0}")]
     NotFound(String),
     #[error("already exists: {0}")]
@@ -158,6 +163,14 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        const IOERR_WRITE: i32 = rusqlite::ffi::SQLITE_IOERR_WRITE;
+        const IOERR_FSYNC: i32 = rusqlite::ffi::SQLITE_IOERR_FSYNC;
+        const IOERR_TRUNCATE: i32 = rusqlite::ffi::SQLITE_IOERR_TRUNCATE;
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if matches!(f.extended_code, IOERR_WRITE | IOERR_FSYNC | IOERR_TRUNCATE) {
+                return StoreError::WriteFailed;
+            }
+        }
         match e.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => StoreError::Full,
             Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),

@@ -205,10 +205,10 @@ fn a_full_disk_through_rlimit_fsize_is_a_clear_error() {
             match store.call_blocking(move |c| q::audit(c, n, "t", "fill", None, Some(&"z".repeat(2000)), None)) {
                 Ok(_) => n += 1,
                 Err(e) => {
-                    println!("wrote {n}; error: {e}");
+                    println!("WROTE={n}; error: {e}");
                     // Still alive: a read works after the failed write.
                     let rows = store.call_blocking(|c| q::list_audit(c, 1_000_000)).unwrap();
-                    println!("rows {}", rows.len());
+                    println!("ROWS={}", rows.len());
                     return;
                 }
             }
@@ -223,9 +223,9 @@ fn a_full_disk_through_rlimit_fsize_is_a_clear_error() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    let wrote: usize = text.split("wrote ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
-    let rows: usize = text.split("rows ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(text.contains("full") || text.contains("I/O") || text.contains("disk"), "{text}");
+    let wrote: usize = text.split("WROTE=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    let rows: usize = text.split("ROWS=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(text.contains("could not be written (disk full"), "a clear error: {text}");
     assert_eq!(wrote, rows, "every acknowledged row is readable after the failure: {text}");
     // And from a fresh process without the limit, the file opens and holds them.
     let c = open_connection(&db, &StoreOptions::default()).unwrap();

@@ -205,7 +205,9 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Full => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", e.to_string()),
+            StoreError::Full | StoreError::WriteFailed => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", e.to_string())
+            }
             StoreError::NotFound(_) => ApiError::not_found(e.to_string()),
             StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", other.to_string()),
