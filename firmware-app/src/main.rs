@@ -38,6 +38,9 @@ enum Cmd {
         /// Where the web client and API listen.
         #[arg(long, default_value = "127.0.0.1:8443")]
         http: SocketAddr,
+        /// The SFU's UDP (and ICE-TCP) port for media.
+        #[arg(long, default_value = "0.0.0.0:50000")]
+        udp: SocketAddr,
         /// Keep data here (default: a temporary directory, removed at exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -234,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { http, data_dir } => {
+        Cmd::Demo { http, udp, data_dir } => {
             init_logging("info,roombox=info", LogFormat::Text);
             let (dir, _tmp) = match data_dir {
                 Some(d) => (d, None),
@@ -243,7 +246,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (t.path().to_owned(), Some(t))
                 }
             };
-            let cfg = roombox::daemon::demo_config(http, dir);
+            let mut cfg = roombox::daemon::demo_config(http, dir);
+            cfg.sfu.udp_bind = udp;
+            cfg.sfu.tcp_bind = Some(udp);
             let rt = runtime()?;
             rt.block_on(async move {
                 let (running, info) = roombox::daemon::demo(cfg).await?;
