@@ -97,6 +97,12 @@ impl Metrics {
         for o in ["ok", "bad_credentials", "rate_limited"] {
             logins.with_label_values(&[o]);
         }
+        for k in ["full", "closed", "other"] {
+            store_errors.with_label_values(&[k]);
+        }
+        for c in ["2xx", "3xx", "4xx", "5xx"] {
+            http_requests.with_label_values(&[c]);
+        }
         Ok(Metrics {
             registry,
             region: region.to_owned(),

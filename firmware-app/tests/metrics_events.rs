@@ -111,3 +111,26 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     let wal = std::fs::metadata(store_path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
     assert_eq!(wal, 0, "the WAL was checkpointed at shutdown");
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_the_daemon_exposes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exposed = roombox::metrics::Metrics::new("r", "s", None).unwrap().render().unwrap();
+    let mut seen = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let is_metric = ["active_", "meeting_", "roombox_", "process_"].iter().any(|p| word.starts_with(p));
+                if is_metric && word != "roombox_board_temperature_celsius" {
+                    assert!(exposed.contains(&format!("\n{word}")), "dashboard uses {word}, which /metrics lacks");
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert!(seen >= 10);
+    let text = dash.to_string();
+    assert!(text.contains("active_meetings_total") && text.contains("meeting_participants_duration_bucket"));
+}
