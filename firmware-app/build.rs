@@ -33,7 +33,8 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("web");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("web");
     println!("cargo:rerun-if-changed=web");
     let mut files = Vec::new();
     walk(&root, &mut files);
@@ -42,7 +43,9 @@ fn main() {
         let rel = f.strip_prefix(&root).expect("under web/").to_string_lossy().replace('\\', "/");
         // Only plain names reach the table, so a URL can only ever match one of them.
         if !rel.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)) {
-            println!("cargo:warning=web/{rel}: skipped (use letters, digits, '-', '_', '.' in web file names)");
+            println!(
+                "cargo:warning=web/{rel}: skipped (use letters, digits, '-', '_', '.' in web file names)"
+            );
             continue;
         }
         let bytes = std::fs::read(f).expect("read web file");

@@ -56,7 +56,9 @@ pub fn unix_now() -> u64 {
 /// Fill `buf` from the system CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) -> Result<(), AuthServiceError> {
     use aws_lc_rs::rand::SecureRandom;
-    aws_lc_rs::rand::SystemRandom::new().fill(buf).map_err(|_| AuthServiceError::Internal("no randomness".into()))
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| AuthServiceError::Internal("no randomness".into()))
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
@@ -68,17 +70,18 @@ pub fn write_private_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(data)?;
     f.sync_all()?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(())
 }
 
 /// Load the signing key from the data dir, creating it (0600) on first boot.
 pub fn load_or_create_key(data_dir: &Path) -> Result<Vec<u8>, AuthServiceError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| AuthServiceError::Key(data_dir.to_owned(), e.to_string()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| AuthServiceError::Key(data_dir.to_owned(), e.to_string()))?;
     let path = data_dir.join(KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -87,11 +90,11 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<Vec<u8>, AuthServiceError> 
             if key.len() < sfu_core::auth::MIN_SECRET_LEN {
                 return Err(AuthServiceError::Key(path, format!("only {} bytes", key.len())));
             }
-            if let Ok(meta) = std::fs::metadata(&path) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "signing key was readable by others; fixing to 0600");
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-                }
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(path = %path.display(), "signing key was readable by others; fixing to 0600");
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
             }
             Ok(key)
         }
@@ -344,12 +347,12 @@ impl Auth {
             data_dir: data_dir.to_owned(),
             dummy_hash,
         };
-        if let Some(o) = &auth.cfg.oidc {
-            if let Some(file) = &o.jwks_file {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| AuthServiceError::BadRequest(format!("JWKS file {}: {e}", file.display())))?;
-                auth.install_jwks(&text)?;
-            }
+        if let Some(o) = &auth.cfg.oidc
+            && let Some(file) = &o.jwks_file
+        {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| AuthServiceError::BadRequest(format!("JWKS file {}: {e}", file.display())))?;
+            auth.install_jwks(&text)?;
         }
         Ok(Arc::new(auth))
     }
@@ -401,6 +404,7 @@ impl Auth {
     }
 
     /// Sign an access token.
+    #[allow(clippy::too_many_arguments)]
     pub fn issue_access(
         &self,
         identity: &str,
@@ -484,11 +488,15 @@ impl Auth {
         };
         self.limiter.lock().map_err(|_| poisoned())?.success(username);
         let (room, grants) = match (user.role, room) {
-            (Role::Admin, None) => ("*".to_owned(), Grants { publish: true, subscribe: true, record: true, admin: true }),
+            (Role::Admin, None) => {
+                ("*".to_owned(), Grants { publish: true, subscribe: true, record: true, admin: true })
+            }
             (Role::Admin, Some(r)) => {
                 (r.to_owned(), Grants { publish: true, subscribe: true, record: true, admin: true })
             }
-            (Role::Member, Some(r)) => (r.to_owned(), Grants { publish: true, subscribe: true, ..Grants::default() }),
+            (Role::Member, Some(r)) => {
+                (r.to_owned(), Grants { publish: true, subscribe: true, ..Grants::default() })
+            }
             (Role::Member, None) => {
                 return Err(AuthServiceError::BadRequest("members must name the room to join".into()));
             }
@@ -504,7 +512,8 @@ impl Auth {
         };
         let ip_s = ip.to_string();
         let u = user.username.clone();
-        let pair = self.new_pair(&user.username, user.id, user.token_version, &room, grants, &family, now).await?;
+        let pair =
+            self.new_pair(&user.username, user.id, user.token_version, &room, grants, &family, now).await?;
         let _ = self.store.call(move |c| q::audit(c, now as i64, &u, "login", None, None, Some(&ip_s))).await;
         Ok(pair)
     }
@@ -526,8 +535,8 @@ impl Auth {
         random_bytes(&mut raw)?;
         let refresh = format!("rbr_{}", URL_SAFE_NO_PAD.encode(raw));
         let hash = sha256(refresh.as_bytes());
-        let grants_json =
-            serde_json::to_string(&GrantsDto::from(grants)).map_err(|e| AuthServiceError::Internal(e.to_string()))?;
+        let grants_json = serde_json::to_string(&GrantsDto::from(grants))
+            .map_err(|e| AuthServiceError::Internal(e.to_string()))?;
         let refresh_ttl = self.cfg.refresh_ttl.as_secs();
         let (fam, room_s) = (family.to_owned(), room.to_owned());
         self.store
@@ -564,7 +573,8 @@ impl Auth {
             return Err(AuthServiceError::BadRefresh);
         }
         let hash = sha256(token.as_bytes());
-        let row = self.store.call(move |c| q::find_refresh(c, &hash)).await?.ok_or(AuthServiceError::BadRefresh)?;
+        let row =
+            self.store.call(move |c| q::find_refresh(c, &hash)).await?.ok_or(AuthServiceError::BadRefresh)?;
         if row.revoked_at.is_some() || row.expires_at <= now as i64 {
             return Err(AuthServiceError::BadRefresh);
         }
@@ -579,7 +589,15 @@ impl Auth {
                 let fresh = q::mark_refresh_used(c, id, now as i64)?;
                 if !fresh {
                     q::revoke_family(c, &fam, now as i64)?;
-                    q::audit(c, now as i64, "roomboxd", "refresh_reuse_revoked_family", Some(&fam), None, None)?;
+                    q::audit(
+                        c,
+                        now as i64,
+                        "roomboxd",
+                        "refresh_reuse_revoked_family",
+                        Some(&fam),
+                        None,
+                        None,
+                    )?;
                 }
                 Ok(fresh)
             })
@@ -589,8 +607,16 @@ impl Auth {
             return Err(AuthServiceError::RefreshReuse);
         }
         let grants: GrantsDto = serde_json::from_str(&row.grants).unwrap_or_default();
-        self.new_pair(&row.username, row.user_id, row.token_version, &row.room, grants.into(), &row.family, now)
-            .await
+        self.new_pair(
+            &row.username,
+            row.user_id,
+            row.token_version,
+            &row.room,
+            grants.into(),
+            &row.family,
+            now,
+        )
+        .await
     }
 
     /// Log out: revoke the refresh token's family. Unknown tokens are ignored.
@@ -636,7 +662,8 @@ impl Auth {
             return Err(AuthServiceError::RateLimited { retry_after_secs: retry });
         }
         let name = username.to_owned();
-        let user = self.store.call(move |c| q::get_user(c, &name)).await?.ok_or(AuthServiceError::BadCredentials)?;
+        let user =
+            self.store.call(move |c| q::get_user(c, &name)).await?.ok_or(AuthServiceError::BadCredentials)?;
         let (old_s, hash) = (old.to_owned(), user.password_hash.clone());
         let ok = tokio::task::spawn_blocking(move || verify_password(&old_s, &hash))
             .await
@@ -669,7 +696,12 @@ fn poisoned() -> AuthServiceError {
 }
 
 /// Set (or create) a local user's password from the console (`roomboxd passwd`).
-pub fn set_password_offline(store: &Store, username: &str, password: &str, role: Role) -> Result<u64, AuthServiceError> {
+pub fn set_password_offline(
+    store: &Store,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> Result<u64, AuthServiceError> {
     check_new_password(password)?;
     if !crate::names::valid_identity(username) {
         return Err(AuthServiceError::BadRequest(format!("username: {}", crate::names::IDENTITY_RULE)));
@@ -694,7 +726,8 @@ pub async fn fetch_jwks(o: &OidcConfig) -> Result<String, AuthServiceError> {
     };
     let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10)).no_proxy();
     if let Some(ca) = &o.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| AuthServiceError::BadRequest(format!("{}: {e}", ca.display())))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| AuthServiceError::BadRequest(format!("{}: {e}", ca.display())))?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| AuthServiceError::BadRequest(format!("{}: {e}", ca.display())))?;
         b = b.tls_certs_only([cert]);

@@ -256,17 +256,21 @@ impl DaemonConfig {
 
     /// The store's file, resolved against `data_dir`.
     pub fn store_path(&self) -> PathBuf {
-        if self.store.path.is_absolute() { self.store.path.clone() } else { self.data_dir.join(&self.store.path) }
+        if self.store.path.is_absolute() {
+            self.store.path.clone()
+        } else {
+            self.data_dir.join(&self.store.path)
+        }
     }
 
     /// Every semantic problem, as `(dotted key, problem)`.
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = Vec::new();
         let mut bad = |k: &str, m: &str| p.push((k.to_owned(), m.to_owned()));
-        if let Some(b) = &self.board {
-            if b.is_empty() || !b.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                bad("board", "a board profile name: letters, digits, '-' and '_'");
-            }
+        if let Some(b) = &self.board
+            && (b.is_empty() || !b.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            bad("board", "a board profile name: letters, digits, '-' and '_'");
         }
         if self.data_dir.as_os_str().is_empty() {
             bad("data_dir", "must not be empty");
@@ -322,11 +326,8 @@ impl DaemonConfig {
             if let Some(u) = &o.jwks_url {
                 let https = u.starts_with("https://");
                 let http = u.starts_with("http://");
-                if !https && !(http && o.allow_http) {
-                    bad(
-                        "auth.oidc.jwks_url",
-                        "must be an https:// URL (or http:// with allow_http = true)",
-                    );
+                if !(https || (http && o.allow_http)) {
+                    bad("auth.oidc.jwks_url", "must be an https:// URL (or http:// with allow_http = true)");
                 }
             }
             if o.refresh < Duration::from_secs(60) {
@@ -384,8 +385,8 @@ pub enum ConfigError {
 
 /// Read, parse and validate a config file.
 pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     load_str(&text, &Overrides::default())
         .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
 }
@@ -472,10 +473,11 @@ fn remove_entry_at(
         }
         if covers(val) || matches!(v.get_ref(), DeValue::Table(_)) {
             // A table's span may be just its header; look inside for any table.
-            if let DeValue::Table(_) | DeValue::Array(_) = v.get_ref() {
-                if descend.is_none() && contains_span(v, &span) {
-                    descend = Some(k.get_ref().to_string());
-                }
+            if let DeValue::Table(_) | DeValue::Array(_) = v.get_ref()
+                && descend.is_none()
+                && contains_span(v, &span)
+            {
+                descend = Some(k.get_ref().to_string());
             }
         }
     }

@@ -252,12 +252,9 @@ pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
         (Some(r), true) => {
             let h = axum_server::Handle::new();
             let port = addr.port();
-            let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
-                redirect_to_https(&req, port)
-            });
-            let t = tokio::spawn(
-                axum_server::bind(r).handle(h.clone()).serve(app.into_make_service()),
-            );
+            let app = axum::Router::new()
+                .fallback(move |req: axum::extract::Request| async move { redirect_to_https(&req, port) });
+            let t = tokio::spawn(axum_server::bind(r).handle(h.clone()).serve(app.into_make_service()));
             Some((h, t))
         }
         _ => None,
@@ -317,7 +314,8 @@ fn redirect_to_https(req: &axum::extract::Request, port: u16) -> axum::response:
         return (axum::http::StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
     };
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let target = if port == 443 { format!("https://{host}{path}") } else { format!("https://{host}:{port}{path}") };
+    let target =
+        if port == 443 { format!("https://{host}{path}") } else { format!("https://{host}:{port}{path}") };
     axum::response::Redirect::permanent(&target).into_response()
 }
 

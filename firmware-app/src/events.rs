@@ -46,11 +46,15 @@ impl EventRecorder {
             }
             RoomEvent::ParticipantJoined { room, identity, session, local, at } => {
                 self.store
-                    .call(move |c| q::session_start(c, &room, &identity, session, local, unix(at)).map(|_| ()))
+                    .call(move |c| {
+                        q::session_start(c, &room, &identity, session, local, unix(at)).map(|_| ())
+                    })
                     .await
             }
             RoomEvent::ParticipantLeft { room, session, reason: why, at, .. } => {
-                self.store.call(move |c| q::session_end(c, &room, session, unix(at), reason(why)).map(|_| ())).await
+                self.store
+                    .call(move |c| q::session_end(c, &room, session, unix(at), reason(why)).map(|_| ()))
+                    .await
             }
             _ => Ok(()),
         };
@@ -73,13 +77,16 @@ impl EventRecorder {
                 Ok(ev) => self.handle(ev).await,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "room events lagged; resynchronising metrics");
-                    if let Some(s) = &sfu {
-                        if let Ok(rooms) = s.rooms().await {
-                            let names: Vec<String> =
-                                rooms.iter().filter(|r| !r.participants.is_empty()).map(|r| r.name.clone()).collect();
-                            let n = rooms.iter().map(|r| r.participants.len()).sum();
-                            self.metrics.resync(&names, n);
-                        }
+                    if let Some(s) = &sfu
+                        && let Ok(rooms) = s.rooms().await
+                    {
+                        let names: Vec<String> = rooms
+                            .iter()
+                            .filter(|r| !r.participants.is_empty())
+                            .map(|r| r.name.clone())
+                            .collect();
+                        let n = rooms.iter().map(|r| r.participants.len()).sum();
+                        self.metrics.resync(&names, n);
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => return,

@@ -26,6 +26,9 @@
 //! # Ok(()) }
 //! ```
 
+// Configs are built as `default()` plus the few fields a caller sets.
+#![allow(clippy::field_reassign_with_default)]
+
 pub mod auth;
 pub mod config;
 pub mod daemon;

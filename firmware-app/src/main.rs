@@ -1,4 +1,5 @@
 //! `roomboxd`, the appliance daemon. See `roomboxd --help`.
+#![allow(clippy::field_reassign_with_default)]
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -178,7 +179,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let key_path = data_dir.join(roombox::auth::KEY_FILE);
             if !key_path.exists() {
-                bail!("{} does not exist: start roomboxd with this data dir once to create the key", key_path.display());
+                bail!(
+                    "{} does not exist: start roomboxd with this data dir once to create the key",
+                    key_path.display()
+                );
             }
             let key = roombox::auth::load_or_create_key(&data_dir)?;
             let grants = sfu_core::Grants { publish, subscribe, record, admin };
@@ -206,7 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stdin.lock().read_line(&mut line)?;
             let password = line.trim_end_matches(['\n', '\r']);
             let store = roombox::store::Store::open(&path, Default::default())?;
-            let role = if role == "member" { roombox::store::Role::Member } else { roombox::store::Role::Admin };
+            let role =
+                if role == "member" { roombox::store::Role::Member } else { roombox::store::Role::Admin };
             roombox::auth::set_password_offline(&store, &user, password, role)?;
             if let Some(dir) = path.parent() {
                 let _ = std::fs::remove_file(dir.join(roombox::auth::INITIAL_PASSWORD_FILE));
@@ -259,7 +264,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(p) = &info.admin_password {
                     println!("Admin:     user admin, password {p}  ({}/admin)", info.url);
                 }
-                println!("The certificate is self-signed: accept it once in the browser. Ctrl-C stops the demo.");
+                println!(
+                    "The certificate is self-signed: accept it once in the browser. Ctrl-C stops the demo."
+                );
                 println!();
                 roombox::daemon::wait_for_signal().await;
                 tokio::time::timeout(Duration::from_secs(20), running.shutdown()).await.ok();

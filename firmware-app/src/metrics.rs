@@ -51,7 +51,11 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// Create and register everything. `thermal_root` is `/sys/class/thermal` on a box.
-    pub fn new(region: &str, server_id: &str, thermal_root: Option<PathBuf>) -> Result<Metrics, prometheus::Error> {
+    pub fn new(
+        region: &str,
+        server_id: &str,
+        thermal_root: Option<PathBuf>,
+    ) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let labels = ["region", "server_id"];
         let active_meetings = IntGaugeVec::new(
@@ -86,10 +90,10 @@ impl Metrics {
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        if let Some(root) = thermal_root {
-            if root.is_dir() {
-                registry.register(Box::new(Thermal::new(root)?))?;
-            }
+        if let Some(root) = thermal_root
+            && root.is_dir()
+        {
+            registry.register(Box::new(Thermal::new(root)?))?;
         }
         // Series exist (at 0) from the start so dashboards and alerts see them.
         active_meetings.with_label_values(&[region, server_id]).set(0);
@@ -210,7 +214,8 @@ impl Thermal {
                 continue;
             }
             let p = e.path();
-            let Some(milli) = std::fs::read_to_string(p.join("temp")).ok().and_then(|s| s.trim().parse::<f64>().ok())
+            let Some(milli) =
+                std::fs::read_to_string(p.join("temp")).ok().and_then(|s| s.trim().parse::<f64>().ok())
             else {
                 continue;
             };
@@ -244,7 +249,7 @@ impl Collector for Thermal {
             let mut l2 = prometheus::proto::LabelPair::default();
             l2.set_name("zone".into());
             l2.set_value(zone);
-            m.set_label(vec![l1, l2].into());
+            m.set_label(vec![l1, l2]);
             let mut gauge = prometheus::proto::Gauge::default();
             gauge.set_value(c);
             m.set_gauge(gauge);
@@ -297,8 +302,12 @@ mod tests {
         let text = m.render().unwrap();
         assert!(text.contains("active_meetings_total{region=\"hq\",server_id=\"box-1\"} 1"), "{text}");
         assert!(text.contains("# TYPE active_meetings_total untyped"), "{text}");
-        assert!(text.contains("meeting_participants_duration_bucket{region=\"hq\",server_id=\"box-1\",le=\"300\"} 0"));
-        assert!(text.contains("meeting_participants_duration_bucket{region=\"hq\",server_id=\"box-1\",le=\"900\"} 1"));
+        assert!(text.contains(
+            "meeting_participants_duration_bucket{region=\"hq\",server_id=\"box-1\",le=\"300\"} 0"
+        ));
+        assert!(text.contains(
+            "meeting_participants_duration_bucket{region=\"hq\",server_id=\"box-1\",le=\"900\"} 1"
+        ));
         assert!(text.contains("meeting_participants_duration_sum{region=\"hq\",server_id=\"box-1\"} 400"));
         assert!(text.contains("process_resident_memory_bytes"), "process metrics present");
     }
@@ -314,7 +323,9 @@ mod tests {
         let m = Metrics::new("hq", "box", Some(d.path().to_owned())).unwrap();
         let text = m.render().unwrap();
         assert!(
-            text.contains("roombox_board_temperature_celsius{type=\"cpu-thermal\",zone=\"thermal_zone0\"} 48.312"),
+            text.contains(
+                "roombox_board_temperature_celsius{type=\"cpu-thermal\",zone=\"thermal_zone0\"} 48.312"
+            ),
             "{text}"
         );
     }

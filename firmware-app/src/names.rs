@@ -3,7 +3,8 @@
 //! travels further.
 
 pub const ROOM_RULE: &str = "1 to 64 characters: letters, digits, '-' and '_'";
-pub const IDENTITY_RULE: &str = "1 to 64 characters: letters, digits, '-', '_', '.' and '@', not starting with '.'";
+pub const IDENTITY_RULE: &str =
+    "1 to 64 characters: letters, digits, '-', '_', '.' and '@', not starting with '.'";
 
 /// A room name: `[A-Za-z0-9_-]{1,64}`.
 pub fn valid_room(s: &str) -> bool {

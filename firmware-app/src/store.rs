@@ -166,10 +166,10 @@ impl From<rusqlite::Error> for StoreError {
         const IOERR_WRITE: i32 = rusqlite::ffi::SQLITE_IOERR_WRITE;
         const IOERR_FSYNC: i32 = rusqlite::ffi::SQLITE_IOERR_FSYNC;
         const IOERR_TRUNCATE: i32 = rusqlite::ffi::SQLITE_IOERR_TRUNCATE;
-        if let rusqlite::Error::SqliteFailure(f, _) = &e {
-            if matches!(f.extended_code, IOERR_WRITE | IOERR_FSYNC | IOERR_TRUNCATE) {
-                return StoreError::WriteFailed;
-            }
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && matches!(f.extended_code, IOERR_WRITE | IOERR_FSYNC | IOERR_TRUNCATE)
+        {
+            return StoreError::WriteFailed;
         }
         match e.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => StoreError::Full,
@@ -215,15 +215,15 @@ pub fn open_connection(path: &Path, opts: &StoreOptions) -> Result<Connection, S
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_owned(), detail };
     // A non-empty file must start with SQLite's magic; anything else is refused
     // before SQLite can touch it.
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.len() > 0 {
-            use std::io::Read;
-            let mut magic = [0u8; 16];
-            let mut f = std::fs::File::open(path)?;
-            let n = f.read(&mut magic)?;
-            if n < 16 || &magic != b"SQLite format 3\0" {
-                return Err(corrupt("not an SQLite file".into()));
-            }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > 0
+    {
+        use std::io::Read;
+        let mut magic = [0u8; 16];
+        let mut f = std::fs::File::open(path)?;
+        let n = f.read(&mut magic)?;
+        if n < 16 || &magic != b"SQLite format 3\0" {
+            return Err(corrupt("not an SQLite file".into()));
         }
     }
     let conn = Connection::open_with_flags(
@@ -231,20 +231,24 @@ pub fn open_connection(path: &Path, opts: &StoreOptions) -> Result<Connection, S
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| match e
-        .sqlite_error_code()
-    {
-        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => corrupt(e.to_string()),
-        _ => StoreError::from(e),
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => corrupt(e.to_string()),
+            _ => StoreError::from(e),
+        }
     })?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION });
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
-    let check: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0)).map_err(|e| match e
-        .sqlite_error_code()
-    {
-        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => corrupt(e.to_string()),
-        _ => StoreError::from(e),
+    let check: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0)).map_err(|e| {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => corrupt(e.to_string()),
+            _ => StoreError::from(e),
+        }
     })?;
     if check != "ok" {
         return Err(corrupt(format!("quick_check: {check}")));
@@ -290,10 +294,10 @@ impl Store {
     /// Open the file (creating it and its directory when missing), migrate, and
     /// start the store thread.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
         }
         let mut conn = open_connection(path, &opts)?;
         let (tx, rx) = std_mpsc::sync_channel::<Job>(256);
@@ -366,10 +370,10 @@ impl Store {
         let r = self.checkpoint().await;
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
         drop(self.tx);
-        if let Some(t) = thread {
-            if Arc::strong_count(&self.thread) == 1 {
-                let _ = tokio::task::spawn_blocking(move || t.join()).await;
-            }
+        if let Some(t) = thread
+            && Arc::strong_count(&self.thread) == 1
+        {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         r
     }
@@ -384,11 +388,15 @@ pub fn backup(src: &Path, dest: &Path) -> Result<u64, StoreError> {
         return Err(StoreError::NotFound(format!("database {}", src.display())));
     }
     let source = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let version: i64 = source.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| {
-        StoreError::Corrupt { path: src.to_owned(), detail: e.to_string() }
-    })?;
+    let version: i64 = source
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| StoreError::Corrupt { path: src.to_owned(), detail: e.to_string() })?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { path: src.to_owned(), found: version, supported: SCHEMA_VERSION });
+        return Err(StoreError::NewerSchema {
+            path: src.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
     let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new().prefix(".roombox-backup-").tempfile_in(dir)?;
@@ -400,7 +408,10 @@ pub fn backup(src: &Path, dest: &Path) -> Result<u64, StoreError> {
         // The copy is a plain rollback-journal file: one self-contained file.
         let check: String = out.pragma_query_value(None, "integrity_check", |r| r.get(0))?;
         if check != "ok" {
-            return Err(StoreError::Corrupt { path: src.to_owned(), detail: format!("backup check: {check}") });
+            return Err(StoreError::Corrupt {
+                path: src.to_owned(),
+                detail: format!("backup check: {check}"),
+            });
         }
     }
     let file = tmp.as_file();
@@ -526,16 +537,23 @@ pub mod q {
     use super::*;
 
     pub fn ensure_room(c: &Connection, name: &str, at: i64) -> Result<i64, StoreError> {
-        c.execute("INSERT INTO rooms(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING", params![
-            name, at
-        ])?;
+        c.execute(
+            "INSERT INTO rooms(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![name, at],
+        )?;
         Ok(c.query_row("SELECT id FROM rooms WHERE name = ?1", [name], |r| r.get(0))?)
     }
 
-    pub fn create_room(c: &Connection, name: &str, display: Option<&str>, at: i64) -> Result<RoomRow, StoreError> {
-        c.execute("INSERT INTO rooms(name, display_name, created_at) VALUES (?1, ?2, ?3)", params![
-            name, display, at
-        ])
+    pub fn create_room(
+        c: &Connection,
+        name: &str,
+        display: Option<&str>,
+        at: i64,
+    ) -> Result<RoomRow, StoreError> {
+        c.execute(
+            "INSERT INTO rooms(name, display_name, created_at) VALUES (?1, ?2, ?3)",
+            params![name, display, at],
+        )
         .map_err(|e| match StoreError::from(e) {
             StoreError::Conflict(_) => StoreError::Conflict(format!("room {name:?}")),
             other => other,
@@ -546,7 +564,9 @@ pub mod q {
     pub fn list_rooms(c: &Connection) -> Result<Vec<RoomRow>, StoreError> {
         let mut st = c.prepare_cached("SELECT name, display_name, created_at FROM rooms ORDER BY name")?;
         let rows = st
-            .query_map([], |r| Ok(RoomRow { name: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? }))?
+            .query_map([], |r| {
+                Ok(RoomRow { name: r.get(0)?, display_name: r.get(1)?, created_at: r.get(2)? })
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -563,12 +583,17 @@ pub mod q {
         let tx = c.transaction()?;
         let room_id = ensure_room(&tx, room, at)?;
         let open: Option<i64> = tx
-            .query_row("SELECT id FROM meetings WHERE room_id = ?1 AND ended_at IS NULL", [room_id], |r| r.get(0))
+            .query_row("SELECT id FROM meetings WHERE room_id = ?1 AND ended_at IS NULL", [room_id], |r| {
+                r.get(0)
+            })
             .optional()?;
         let id = match open {
             Some(id) => id,
             None => {
-                tx.execute("INSERT INTO meetings(room_id, started_at) VALUES (?1, ?2)", params![room_id, at])?;
+                tx.execute(
+                    "INSERT INTO meetings(room_id, started_at) VALUES (?1, ?2)",
+                    params![room_id, at],
+                )?;
                 tx.last_insert_rowid()
             }
         };
@@ -577,7 +602,12 @@ pub mod q {
     }
 
     /// End the open meeting of `room` and any session still open in it.
-    pub fn meeting_end(c: &mut Connection, room: &str, at: i64, reason: &str) -> Result<Option<i64>, StoreError> {
+    pub fn meeting_end(
+        c: &mut Connection,
+        room: &str,
+        at: i64,
+        reason: &str,
+    ) -> Result<Option<i64>, StoreError> {
         let tx = c.transaction()?;
         let open: Option<i64> = tx
             .query_row(
@@ -593,7 +623,10 @@ pub mod q {
                  WHERE meeting_id = ?1 AND left_at IS NULL",
                 params![id, at, reason],
             )?;
-            tx.execute("UPDATE meetings SET ended_at = ?2, end_reason = ?3 WHERE id = ?1", params![id, at, reason])?;
+            tx.execute(
+                "UPDATE meetings SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
+                params![id, at, reason],
+            )?;
         }
         tx.commit()?;
         Ok(open)
@@ -658,7 +691,11 @@ pub mod q {
         Ok((m, s))
     }
 
-    pub fn list_meetings(c: &Connection, room: Option<&str>, limit: u32) -> Result<Vec<MeetingRow>, StoreError> {
+    pub fn list_meetings(
+        c: &Connection,
+        room: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MeetingRow>, StoreError> {
         let mut st = c.prepare_cached(
             "SELECT m.id, r.name, m.started_at, m.ended_at, m.end_reason,
                     (SELECT COUNT(*) FROM participant_sessions s WHERE s.meeting_id = m.id)
@@ -771,16 +808,18 @@ pub mod q {
              WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = ?1)",
             params![username, at],
         )?;
-        let v: i64 = tx.query_row("SELECT token_version FROM users WHERE username = ?1", [username], |r| r.get(0))?;
+        let v: i64 =
+            tx.query_row("SELECT token_version FROM users WHERE username = ?1", [username], |r| r.get(0))?;
         tx.commit()?;
         Ok(v as u64)
     }
 
     /// Set a password and bump the token version (a new password ends old sessions).
     pub fn set_password(c: &mut Connection, username: &str, hash: &str, at: i64) -> Result<u64, StoreError> {
-        let n = c.execute("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE username = ?1", params![
-            username, hash, at
-        ])?;
+        let n = c.execute(
+            "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE username = ?1",
+            params![username, hash, at],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("user {username:?}")));
         }
@@ -835,8 +874,10 @@ pub mod q {
     /// Mark a refresh token used, only if it still is unused (returns false when
     /// another request got there first: that is a reuse).
     pub fn mark_refresh_used(c: &Connection, id: i64, at: i64) -> Result<bool, StoreError> {
-        Ok(c.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL", params![id, at])?
-            == 1)
+        Ok(c.execute(
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+            params![id, at],
+        )? == 1)
     }
 
     pub fn revoke_family(c: &Connection, family: &str, at: i64) -> Result<usize, StoreError> {
@@ -1000,7 +1041,7 @@ mod tests {
         let (_d, mut c) = open_tmp();
         q::session_start(&mut c, "demo", "alice", 1, false, 100).unwrap();
         q::session_start(&mut c, "demo", "bob", 2, false, 110).unwrap();
-        assert_eq!(q::session_end(&c, "demo", 1, 200, "left").unwrap().is_some(), true);
+        assert!(q::session_end(&c, "demo", 1, 200, "left").unwrap().is_some());
         assert_eq!(q::session_end(&c, "demo", 1, 201, "left").unwrap(), None, "already closed");
         let m = q::meeting_end(&mut c, "demo", 300, "closed").unwrap().unwrap();
         let sessions = q::list_sessions(&c, m).unwrap();
@@ -1017,7 +1058,8 @@ mod tests {
         let a = q::meeting_start(&mut c, "demo", 1).unwrap();
         let b = q::meeting_start(&mut c, "demo", 2).unwrap();
         assert_eq!(a, b);
-        let err = c.execute("INSERT INTO meetings(room_id, started_at) SELECT id, 3 FROM rooms", []).unwrap_err();
+        let err =
+            c.execute("INSERT INTO meetings(room_id, started_at) SELECT id, 3 FROM rooms", []).unwrap_err();
         assert!(matches!(StoreError::from(err), StoreError::Conflict(_)));
     }
 
@@ -1054,7 +1096,10 @@ mod tests {
         let id = q::insert_recording(&c, "demo", "/data/rec/1.mkv", 10).unwrap();
         q::finalize_recording(&mut c, id, 1234, 20, true).unwrap();
         let r = q::list_recordings(&c, 10).unwrap();
-        assert_eq!((r[0].state.as_str(), r[0].bytes, r[0].upload.as_deref()), ("finalized", 1234, Some("pending")));
+        assert_eq!(
+            (r[0].state.as_str(), r[0].bytes, r[0].upload.as_deref()),
+            ("finalized", 1234, Some("pending"))
+        );
     }
 
     #[test]

@@ -117,9 +117,8 @@ pub fn ensure_self_signed(data_dir: &Path, names: &[String]) -> Result<TlsFiles,
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let (cert, key, list) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("names.txt"));
-    let covered: Vec<String> = std::fs::read_to_string(&list)
-        .map(|s| s.lines().map(str::to_owned).collect())
-        .unwrap_or_default();
+    let covered: Vec<String> =
+        std::fs::read_to_string(&list).map(|s| s.lines().map(str::to_owned).collect()).unwrap_or_default();
     if cert.exists() && key.exists() && names.iter().all(|n| covered.contains(n)) {
         let pem = std::fs::read(&cert).map_err(io(&cert))?;
         if let Some(fp) = fingerprint_pem(&pem) {
@@ -130,7 +129,8 @@ pub fn ensure_self_signed(data_dir: &Path, names: &[String]) -> Result<TlsFiles,
     all.extend(names.iter().cloned());
     all.sort();
     all.dedup();
-    let mut params = rcgen::CertificateParams::new(all.clone()).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(all.clone()).map_err(|e| TlsError::Generate(e.to_string()))?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, format!("roombox {}", hostname()));
     dn.push(rcgen::DnType::OrganizationName, "roombox appliance (self-signed)");

@@ -28,7 +28,11 @@ fn check_config_prints_every_problem_with_its_line() {
     std::fs::write(&f, "[htpp]\n").unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&f).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -141,7 +145,13 @@ async fn the_demo_prints_its_links_serves_https_and_stops_cleanly_on_sigterm() {
 
     // A backup while the demo runs.
     let backup = demo.dir.path().join("backup.db");
-    let out = Command::new(BIN).args(["db", "backup"]).arg(&backup).arg("--data-dir").arg(demo.dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["db", "backup"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(demo.dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let c = rusqlite::Connection::open(&backup).unwrap();
     let users: i64 = c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0)).unwrap();
@@ -192,7 +202,9 @@ fn passwd_sets_a_password_from_stdin() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let c = rusqlite::Connection::open(dir.path().join("roombox.db")).unwrap();
     let (role, hash): (String, String) = c
-        .query_row("SELECT role, password_hash FROM users WHERE username = 'operator'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT role, password_hash FROM users WHERE username = 'operator'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(role, "member");
     assert!(hash.starts_with("$argon2id$"));

@@ -22,7 +22,13 @@ fn now() -> u64 {
 }
 
 fn room_admin(room: &str) -> Claims {
-    Claims::new("alice", room, Grants { publish: true, subscribe: true, record: false, admin: true }, now(), 900)
+    Claims::new(
+        "alice",
+        room,
+        Grants { publish: true, subscribe: true, record: false, admin: true },
+        now(),
+        900,
+    )
 }
 
 #[tokio::test]
@@ -95,7 +101,14 @@ async fn path_tricks_reach_no_file() {
 async fn malformed_json_wrong_content_type_and_oversized_bodies_get_json_errors() {
     let d = start().await;
     let login = d.url("/api/v1/auth/login");
-    let r = d.client.post(&login).header("content-type", "application/json").body("{\"username\": ").send().await.unwrap();
+    let r = d
+        .client
+        .post(&login)
+        .header("content-type", "application/json")
+        .body("{\"username\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "bad_json");
 
@@ -107,7 +120,13 @@ async fn malformed_json_wrong_content_type_and_oversized_bodies_get_json_errors(
     assert_eq!(r.status(), 422);
     assert_eq!(error_code(r).await, "invalid_body");
 
-    let r = d.client.post(&login).json(&json!({"username": "a", "password": "b", "extra": 1})).send().await.unwrap();
+    let r = d
+        .client
+        .post(&login)
+        .json(&json!({"username": "a", "password": "b", "extra": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422, "unknown fields are refused");
 
     let big = "x".repeat(200 * 1024);
@@ -157,7 +176,10 @@ async fn login_refresh_rotation_reuse_and_logout() {
 
     // Junk refresh tokens are plain 401s.
     for junk in ["", "rbr_", "rbr_AAAA", "not-a-token"] {
-        assert_eq!(d.post_json("/api/v1/auth/refresh", None, json!({"refresh_token": junk})).await.status(), 401);
+        assert_eq!(
+            d.post_json("/api/v1/auth/refresh", None, json!({"refresh_token": junk})).await.status(),
+            401
+        );
     }
     d.running.shutdown().await;
 }
@@ -174,7 +196,10 @@ async fn revoking_a_user_refuses_its_access_and_refresh_tokens() {
     let r = d.get("/api/v1/rooms", Some(&old_access)).await;
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(r).await, "token_revoked");
-    assert_eq!(d.post_json("/api/v1/auth/refresh", None, json!({"refresh_token": old_refresh})).await.status(), 401);
+    assert_eq!(
+        d.post_json("/api/v1/auth/refresh", None, json!({"refresh_token": old_refresh})).await.status(),
+        401
+    );
     // A new login works and carries the new version.
     let fresh = d.login_admin().await;
     assert_eq!(d.get("/api/v1/rooms", fresh["access_token"].as_str()).await.status(), 200);
@@ -188,7 +213,9 @@ async fn brute_force_logins_are_rate_limited_with_retry_after() {
     let d = start().await;
     let mut codes = Vec::new();
     for _ in 0..7 {
-        let r = d.post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": "guess-guess"})).await;
+        let r = d
+            .post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": "guess-guess"}))
+            .await;
         let status = r.status().as_u16();
         if status == 429 {
             let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -199,10 +226,14 @@ async fn brute_force_logins_are_rate_limited_with_retry_after() {
     }
     assert_eq!(codes, vec![401, 401, 401, 401, 401, 429, 429], "5 failures per user, then locked");
     // Even the right password is refused while locked.
-    let r = d.post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": d.admin_password()})).await;
+    let r = d
+        .post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": d.admin_password()}))
+        .await;
     assert_eq!(r.status(), 429);
     // Unknown users fail the same way (no user enumeration).
-    let r = d.post_json("/api/v1/auth/login", None, json!({"username": "ghost", "password": "guess-guess"})).await;
+    let r = d
+        .post_json("/api/v1/auth/login", None, json!({"username": "ghost", "password": "guess-guess"}))
+        .await;
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(r).await, "bad_credentials");
     let m = d.get("/metrics", None).await.text().await.unwrap();
@@ -247,7 +278,8 @@ async fn expired_tampered_alg_none_wrong_room_and_garbage_tokens_are_refused() {
     assert_eq!(r.status(), 401, "signed by another box");
 
     for junk in ["", "abc", "a.b.c", "Basic Zm9vOmJhcg=="] {
-        let r = d.client.get(d.url(path)).header("authorization", format!("Bearer {junk}")).send().await.unwrap();
+        let r =
+            d.client.get(d.url(path)).header("authorization", format!("Bearer {junk}")).send().await.unwrap();
         assert_eq!(r.status(), 401, "{junk:?}");
     }
     let r = d.client.get(d.url(path)).send().await.unwrap();
@@ -255,8 +287,16 @@ async fn expired_tampered_alg_none_wrong_room_and_garbage_tokens_are_refused() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
 
     // A participant token is not an admin token.
-    let guest = Claims::new("bob", "demo", Grants { publish: true, subscribe: true, ..Grants::default() }, now(), 900);
-    let r = d.post_json("/api/v1/tokens", Some(&token(&d, &guest)), json!({"room": "demo", "identity": "eve"})).await;
+    let guest = Claims::new(
+        "bob",
+        "demo",
+        Grants { publish: true, subscribe: true, ..Grants::default() },
+        now(),
+        900,
+    );
+    let r = d
+        .post_json("/api/v1/tokens", Some(&token(&d, &guest)), json!({"room": "demo", "identity": "eve"}))
+        .await;
     assert_eq!(r.status(), 403);
     d.running.shutdown().await;
 }
@@ -267,7 +307,9 @@ async fn tokens_rooms_meetings_device_and_openapi() {
     let admin = d.login_admin().await;
     let t = admin["access_token"].as_str().unwrap();
 
-    let r = d.post_json("/api/v1/rooms", Some(t), json!({"name": "boardroom", "display_name": "Board room"})).await;
+    let r = d
+        .post_json("/api/v1/rooms", Some(t), json!({"name": "boardroom", "display_name": "Board room"}))
+        .await;
     assert_eq!(r.status(), 201);
     let r = d.post_json("/api/v1/rooms", Some(t), json!({"name": "boardroom"})).await;
     assert_eq!(r.status(), 409);
@@ -291,18 +333,34 @@ async fn tokens_rooms_meetings_device_and_openapi() {
         .unwrap()
         .verify(carol, now())
         .unwrap();
-    assert_eq!((claims.sub.as_str(), claims.room.as_str(), claims.exp - claims.iat), ("carol", "boardroom", 600));
+    assert_eq!(
+        (claims.sub.as_str(), claims.room.as_str(), claims.exp - claims.iat),
+        ("carol", "boardroom", 600)
+    );
     assert!(claims.grants.publish && !claims.grants.admin);
     let r = d.get("/api/v1/rooms", Some(carol)).await;
     let visible: Value = r.json().await.unwrap();
     assert_eq!(visible.as_array().unwrap().len(), 1, "a participant sees only its room");
-    let r = d.post_json("/api/v1/tokens", Some(t), json!({"room": "demo", "identity": "x", "ttl_secs": 999999999})).await;
+    let r = d
+        .post_json("/api/v1/tokens", Some(t), json!({"room": "demo", "identity": "x", "ttl_secs": 999999999}))
+        .await;
     assert_eq!(r.status(), 400);
 
     // Invite exchange: unique guest identities from one link.
-    let invite = Claims::new("invite", "demo", Grants { publish: true, subscribe: true, ..Grants::default() }, now(), 3600);
+    let invite = Claims::new(
+        "invite",
+        "demo",
+        Grants { publish: true, subscribe: true, ..Grants::default() },
+        now(),
+        3600,
+    );
     let inv = token(&d, &invite);
-    let a: Value = d.post_json("/api/v1/rooms/demo/join", Some(&inv), json!({"name": "Ann"})).await.json().await.unwrap();
+    let a: Value = d
+        .post_json("/api/v1/rooms/demo/join", Some(&inv), json!({"name": "Ann"}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let b: Value = d.post_json("/api/v1/rooms/demo/join", Some(&inv), json!({})).await.json().await.unwrap();
     assert_ne!(a["identity"], b["identity"]);
     assert!(a["identity"].as_str().unwrap().starts_with("guest-"));
@@ -327,19 +385,36 @@ async fn tokens_rooms_meetings_device_and_openapi() {
     // Device state: readable in the box's room, writable by its admins.
     let dev: Value = d.get("/api/v1/device", Some(t)).await.json().await.unwrap();
     assert_eq!(dev["mic_muted"], false);
-    let r = d.client.patch(d.url("/api/v1/device")).bearer_auth(t).json(&json!({"mic_muted": true})).send().await.unwrap();
+    let r = d
+        .client
+        .patch(d.url("/api/v1/device"))
+        .bearer_auth(t)
+        .json(&json!({"mic_muted": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let dev: Value = d.get("/api/v1/device", Some(t)).await.json().await.unwrap();
     assert_eq!((dev["mic_muted"].as_bool(), dev["camera_off"].as_bool()), (Some(true), Some(false)));
     let guest = Claims::new("g", "demo", Grants { subscribe: true, ..Grants::default() }, now(), 900);
-    let r = d.client.patch(d.url("/api/v1/device")).bearer_auth(token(&d, &guest)).json(&json!({"camera_off": true})).send().await.unwrap();
+    let r = d
+        .client
+        .patch(d.url("/api/v1/device"))
+        .bearer_auth(token(&d, &guest))
+        .json(&json!({"camera_off": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     let meetings = d.get("/api/v1/meetings", Some(t)).await;
     assert_eq!(meetings.status(), 200);
     let audit: Value = d.get("/api/v1/audit", Some(t)).await.json().await.unwrap();
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"room_created") && actions.contains(&"token_issued") && actions.contains(&"login"));
+    let actions: Vec<&str> =
+        audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert!(
+        actions.contains(&"room_created") && actions.contains(&"token_issued") && actions.contains(&"login")
+    );
 
     let spec: Value = d.get("/api/v1/openapi.json", None).await.json().await.unwrap();
     assert!(spec["paths"]["/api/v1/rooms/{room}/participants/{identity}/kick"]["post"].is_object());
@@ -353,15 +428,27 @@ async fn password_change_revokes_old_sessions_and_removes_the_first_boot_file() 
     let pair = d.login_admin().await;
     let t = pair["access_token"].as_str().unwrap();
     let old = d.admin_password();
-    let r = d.post_json("/api/v1/auth/password", Some(t), json!({"old_password": old, "new_password": "short"})).await;
+    let r = d
+        .post_json("/api/v1/auth/password", Some(t), json!({"old_password": old, "new_password": "short"}))
+        .await;
     assert_eq!(r.status(), 400);
     let r = d
-        .post_json("/api/v1/auth/password", Some(t), json!({"old_password": old, "new_password": "a much longer secret"}))
+        .post_json(
+            "/api/v1/auth/password",
+            Some(t),
+            json!({"old_password": old, "new_password": "a much longer secret"}),
+        )
         .await;
     assert_eq!(r.status(), 204);
     assert!(!d.data_dir().join("initial-admin-password").exists());
     assert_eq!(d.get("/api/v1/rooms", Some(t)).await.status(), 401, "old session revoked");
-    let r = d.post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": "a much longer secret"})).await;
+    let r = d
+        .post_json(
+            "/api/v1/auth/login",
+            None,
+            json!({"username": "admin", "password": "a much longer secret"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     d.running.shutdown().await;
 }

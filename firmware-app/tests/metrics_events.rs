@@ -22,8 +22,12 @@ fn promtool_check(text: &str) {
     };
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let problems = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && problems.trim().is_empty(), "promtool check metrics:\n{problems}\n---\n{text}");
+    let problems =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "promtool check metrics:\n{problems}\n---\n{text}"
+    );
 }
 
 fn value(text: &str, series: &str) -> f64 {
@@ -47,14 +51,36 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     assert_eq!(value(&before, gauge), 0.0);
     assert_eq!(value(&before, count), 0.0);
 
-    let rec = EventRecorder { store: d.running.state.store.clone(), metrics: d.running.state.metrics.clone() };
+    let rec =
+        EventRecorder { store: d.running.state.store.clone(), metrics: d.running.state.metrics.clone() };
     let t0 = SystemTime::now() - Duration::from_secs(1000);
     let at = |s: u64| t0 + Duration::from_secs(s);
     rec.handle(RoomEvent::RoomOpened { room: "demo".into(), at: at(0) }).await;
-    rec.handle(RoomEvent::ParticipantJoined { room: "demo".into(), identity: "room".into(), session: 1, local: true, at: at(0) }).await;
-    rec.handle(RoomEvent::ParticipantJoined { room: "demo".into(), identity: "alice".into(), session: 2, local: false, at: at(10) }).await;
+    rec.handle(RoomEvent::ParticipantJoined {
+        room: "demo".into(),
+        identity: "room".into(),
+        session: 1,
+        local: true,
+        at: at(0),
+    })
+    .await;
+    rec.handle(RoomEvent::ParticipantJoined {
+        room: "demo".into(),
+        identity: "alice".into(),
+        session: 2,
+        local: false,
+        at: at(10),
+    })
+    .await;
     rec.handle(RoomEvent::RoomOpened { room: "boardroom".into(), at: at(20) }).await;
-    rec.handle(RoomEvent::ParticipantJoined { room: "boardroom".into(), identity: "bob".into(), session: 3, local: false, at: at(20) }).await;
+    rec.handle(RoomEvent::ParticipantJoined {
+        room: "boardroom".into(),
+        identity: "bob".into(),
+        session: 3,
+        local: false,
+        at: at(20),
+    })
+    .await;
 
     let during = metrics_text().await;
     promtool_check(&during);
@@ -63,22 +89,41 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     assert_eq!(value(&during, "roombox_participants"), 3.0);
 
     rec.handle(RoomEvent::ParticipantLeft {
-        room: "demo".into(), identity: "alice".into(), session: 2, reason: LeaveReason::Left,
-        duration: Duration::from_secs(400), at: at(410),
-    }).await;
+        room: "demo".into(),
+        identity: "alice".into(),
+        session: 2,
+        reason: LeaveReason::Left,
+        duration: Duration::from_secs(400),
+        at: at(410),
+    })
+    .await;
     rec.handle(RoomEvent::ParticipantLeft {
-        room: "boardroom".into(), identity: "bob".into(), session: 3, reason: LeaveReason::ConnectionLost,
-        duration: Duration::from_secs(50), at: at(70),
-    }).await;
+        room: "boardroom".into(),
+        identity: "bob".into(),
+        session: 3,
+        reason: LeaveReason::ConnectionLost,
+        duration: Duration::from_secs(50),
+        at: at(70),
+    })
+    .await;
     rec.handle(RoomEvent::RoomClosed { room: "boardroom".into(), at: at(70) }).await;
 
     let after = metrics_text().await;
     promtool_check(&after);
     assert_eq!(value(&after, gauge), 1.0);
     assert_eq!(value(&after, count), 2.0);
-    assert_eq!(value(&after, "meeting_participants_duration_bucket{region=\"test\",server_id=\"box-1\",le=\"60\"}"), 1.0);
-    assert_eq!(value(&after, "meeting_participants_duration_bucket{region=\"test\",server_id=\"box-1\",le=\"900\"}"), 2.0);
-    assert_eq!(value(&after, "meeting_participants_duration_sum{region=\"test\",server_id=\"box-1\"}"), 450.0);
+    assert_eq!(
+        value(&after, "meeting_participants_duration_bucket{region=\"test\",server_id=\"box-1\",le=\"60\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "meeting_participants_duration_bucket{region=\"test\",server_id=\"box-1\",le=\"900\"}"),
+        2.0
+    );
+    assert_eq!(
+        value(&after, "meeting_participants_duration_sum{region=\"test\",server_id=\"box-1\"}"),
+        450.0
+    );
 
     // The same events are rows in the store, visible through the API.
     let admin = d.login_admin().await;
@@ -100,12 +145,18 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     let store_path = d.running.state.cfg.store_path();
     d.running.shutdown().await;
     let c = rusqlite::Connection::open(&store_path).unwrap();
-    let open: i64 = c.query_row("SELECT COUNT(*) FROM meetings WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
-    let open_s: i64 =
-        c.query_row("SELECT COUNT(*) FROM participant_sessions WHERE left_at IS NULL", [], |r| r.get(0)).unwrap();
+    let open: i64 =
+        c.query_row("SELECT COUNT(*) FROM meetings WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
+    let open_s: i64 = c
+        .query_row("SELECT COUNT(*) FROM participant_sessions WHERE left_at IS NULL", [], |r| r.get(0))
+        .unwrap();
     assert_eq!((open, open_s), (0, 0));
     let reason: String = c
-        .query_row("SELECT end_reason FROM meetings m JOIN rooms r ON r.id = m.room_id WHERE r.name = 'demo'", [], |r| r.get(0))
+        .query_row(
+            "SELECT end_reason FROM meetings m JOIN rooms r ON r.id = m.room_id WHERE r.name = 'demo'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(reason, "shutdown");
     let wal = std::fs::metadata(store_path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
@@ -122,9 +173,13 @@ fn the_grafana_dashboard_uses_only_metrics_the_daemon_exposes() {
         for t in p["targets"].as_array().unwrap() {
             let expr = t["expr"].as_str().unwrap();
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                let is_metric = ["active_", "meeting_", "roombox_", "process_"].iter().any(|p| word.starts_with(p));
+                let is_metric =
+                    ["active_", "meeting_", "roombox_", "process_"].iter().any(|p| word.starts_with(p));
                 if is_metric && word != "roombox_board_temperature_celsius" {
-                    assert!(exposed.contains(&format!("\n{word}")), "dashboard uses {word}, which /metrics lacks");
+                    assert!(
+                        exposed.contains(&format!("\n{word}")),
+                        "dashboard uses {word}, which /metrics lacks"
+                    );
                     seen += 1;
                 }
             }

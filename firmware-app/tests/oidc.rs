@@ -43,7 +43,13 @@ fn idp() -> Idp {
 
 fn idp_claims() -> Claims {
     let now = roombox::auth::unix_now();
-    let mut c = Claims::new("dana@example.internal", "demo", Grants { subscribe: true, ..Grants::default() }, now, 300);
+    let mut c = Claims::new(
+        "dana@example.internal",
+        "demo",
+        Grants { subscribe: true, ..Grants::default() },
+        now,
+        300,
+    );
     c.iss = Some(ISSUER.into());
     c.aud = Some("roombox".into());
     c
@@ -75,9 +81,12 @@ async fn provider_tokens_verify_and_key_confusion_is_refused() {
     assert_eq!(d.get("/api/v1/rooms/demo", Some(&good)).await.status(), 200);
 
     // HS-vs-RS confusion: HS256 "signed" with the provider's public key (PEM and DER).
-    for secret in [idp.public_pem.as_bytes().to_vec(), STANDARD.decode(
-        idp.public_pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap()]
-    {
+    for secret in [
+        idp.public_pem.as_bytes().to_vec(),
+        STANDARD
+            .decode(idp.public_pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
+            .unwrap(),
+    ] {
         let forged = sign_hs256(&idp_claims(), &secret).unwrap();
         let r = d.get("/api/v1/rooms/demo", Some(&forged)).await;
         assert_eq!(r.status(), 401, "HS256 with the RSA public key as secret must fail");
@@ -105,9 +114,14 @@ async fn provider_tokens_verify_and_key_confusion_is_refused() {
 async fn a_jwks_with_a_symmetric_key_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA","alg":"HS256"}]}"#).unwrap();
+    std::fs::write(
+        &jwks_path,
+        r#"{"keys":[{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA","alg":"HS256"}]}"#,
+    )
+    .unwrap();
     let mut cfg = common::config(dir.path());
-    cfg.auth.oidc = Some(OidcConfig { issuer: ISSUER.into(), jwks_file: Some(jwks_path), ..OidcConfig::default() });
+    cfg.auth.oidc =
+        Some(OidcConfig { issuer: ISSUER.into(), jwks_file: Some(jwks_path), ..OidcConfig::default() });
     let err = roombox::daemon::start(cfg).await.err().expect("refused");
     assert!(err.to_string().contains("symmetric"), "{err}");
 }

@@ -22,7 +22,15 @@ fn crash_child_writer() {
         let id = store
             .call_blocking(move |c| {
                 let tx = c.transaction()?;
-                let id = q::audit(&tx, i as i64, "child", "write", Some(&format!("row-{i}")), Some(&"x".repeat(200)), None)?;
+                let id = q::audit(
+                    &tx,
+                    i as i64,
+                    "child",
+                    "write",
+                    Some(&format!("row-{i}")),
+                    Some(&"x".repeat(200)),
+                    None,
+                )?;
                 q::set_setting(&tx, "last", &i.to_string(), i as i64)?;
                 tx.commit()?;
                 Ok(id)
@@ -30,7 +38,9 @@ fn crash_child_writer() {
             .unwrap();
         if i % 7 == 0 {
             store
-                .call_blocking(move |c| q::session_start(c, "crash", &format!("p{i}"), i, false, i as i64).map(|_| ()))
+                .call_blocking(move |c| {
+                    q::session_start(c, "crash", &format!("p{i}"), i, false, i as i64).map(|_| ())
+                })
                 .unwrap();
         }
         let mut out = stdout.lock();
@@ -87,10 +97,9 @@ fn kill_9_during_writes_loses_no_acknowledged_row() {
         let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(check, "ok");
         for (i, id) in &acked {
-            let target: String =
-                c.query_row("SELECT target FROM audit_log WHERE id = ?1", [id], |r| r.get(0)).unwrap_or_else(|e| {
-                    panic!("round {round}: acknowledged row {i} (id {id}) lost: {e}")
-                });
+            let target: String = c
+                .query_row("SELECT target FROM audit_log WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("round {round}: acknowledged row {i} (id {id}) lost: {e}"));
             assert_eq!(target, format!("row-{i}"));
         }
         let last: i64 = q::get_setting(&c, "last").unwrap().unwrap().parse().unwrap();
@@ -167,7 +176,9 @@ async fn a_full_database_is_a_clear_error_and_loses_no_row() {
     let mut full = None;
     for i in 0..10_000 {
         let r = store
-            .call(move |c| q::audit(c, i, "test", "fill", Some(&format!("row-{i}")), Some(&"y".repeat(1000)), None))
+            .call(move |c| {
+                q::audit(c, i, "test", "fill", Some(&format!("row-{i}")), Some(&"y".repeat(1000)), None)
+            })
             .await;
         match r {
             Ok(id) => written.push((i, id)),
@@ -202,7 +213,9 @@ fn a_full_disk_through_rlimit_fsize_is_a_clear_error() {
         let store = Store::open(Path::new(&path), StoreOptions::default()).unwrap();
         let mut n = 0;
         loop {
-            match store.call_blocking(move |c| q::audit(c, n, "t", "fill", None, Some(&"z".repeat(2000)), None)) {
+            match store
+                .call_blocking(move |c| q::audit(c, n, "t", "fill", None, Some(&"z".repeat(2000)), None))
+            {
                 Ok(_) => n += 1,
                 Err(e) => {
                     println!("WROTE={n}; error: {e}");
@@ -217,7 +230,12 @@ fn a_full_disk_through_rlimit_fsize_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("fsize.db");
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_full_disk_through_rlimit_fsize_is_a_clear_error", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "a_full_disk_through_rlimit_fsize_is_a_clear_error",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("ROOMBOX_FSIZE_CHILD", &db)
         .output()
         .unwrap();
@@ -229,7 +247,8 @@ fn a_full_disk_through_rlimit_fsize_is_a_clear_error() {
     assert_eq!(wrote, rows, "every acknowledged row is readable after the failure: {text}");
     // And from a fresh process without the limit, the file opens and holds them.
     let c = open_connection(&db, &StoreOptions::default()).unwrap();
-    let n: usize = c.query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get::<_, i64>(0)).unwrap() as usize;
+    let n: usize =
+        c.query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get::<_, i64>(0)).unwrap() as usize;
     assert_eq!(n, wrote);
 }
 
@@ -239,7 +258,10 @@ async fn an_online_backup_is_complete_while_the_store_is_in_use() {
     let path = dir.path().join("roombox.db");
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     for i in 0..300 {
-        store.call(move |c| q::session_start(c, "r", &format!("p{i}"), i, false, i as i64).map(|_| ())).await.unwrap();
+        store
+            .call(move |c| q::session_start(c, "r", &format!("p{i}"), i, false, i as i64).map(|_| ()))
+            .await
+            .unwrap();
     }
     let dest = dir.path().join("backup.db");
     let p = path.clone();

@@ -74,7 +74,9 @@ impl Modify for BearerScheme {
         if let Some(c) = openapi.components.as_mut() {
             c.add_security_scheme(
                 "bearer",
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+                SecurityScheme::Http(
+                    HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+                ),
             );
         }
     }
@@ -118,7 +120,11 @@ fn need_box_admin(c: &Claims) -> Result<(), ApiError> {
 }
 
 fn room_name(room: &str) -> Result<(), ApiError> {
-    if valid_room(room) { Ok(()) } else { Err(ApiError::bad_request("bad_room_name", format!("room: {ROOM_RULE}"))) }
+    if valid_room(room) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("bad_room_name", format!("room: {ROOM_RULE}")))
+    }
 }
 
 fn identity_name(id: &str) -> Result<(), ApiError> {
@@ -196,7 +202,10 @@ async fn refresh(
 /// End a session: its refresh tokens are revoked.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(()), request_body = RefreshRequest,
     responses((status = 204, description = "Logged out")))]
-async fn logout(State(s): State<SharedState>, ApiJson(req): ApiJson<RefreshRequest>) -> Result<StatusCode, ApiError> {
+async fn logout(
+    State(s): State<SharedState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
     s.auth.logout(&req.refresh_token, unix_now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -277,7 +286,10 @@ fn view(row: RoomRow, live: &[sfu_core::RoomSnapshot]) -> RoomView {
 
 /// Rooms the caller may see (admins: all).
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", responses((status = 200, body = Vec<RoomView>)))]
-async fn list_rooms(State(s): State<SharedState>, Bearer(c): Bearer) -> Result<axum::Json<Vec<RoomView>>, ApiError> {
+async fn list_rooms(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<Vec<RoomView>>, ApiError> {
     let rows = s.store.call(|c| q::list_rooms(c)).await?;
     let live = live_rooms(&s).await;
     Ok(axum::Json(rows.into_iter().filter(|r| c.allows_room(&r.name)).map(|r| view(r, &live)).collect()))
@@ -328,7 +340,11 @@ async fn get_room(
     room_name(&room)?;
     need_room(&c, &room)?;
     let r = room.clone();
-    let row = s.store.call(move |db| q::get_room(db, &r)).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+    let row = s
+        .store
+        .call(move |db| q::get_room(db, &r))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such room"))?;
     let live = live_rooms(&s).await;
     Ok(axum::Json(view(row, &live)))
 }
@@ -369,7 +385,11 @@ async fn join_room(
     if c.sub != "invite" && !c.grants.admin {
         return Err(ApiError::forbidden("only an invite or admin token can be exchanged"));
     }
-    if req.name.as_ref().is_some_and(|n| n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control)) {
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control))
+    {
         return Err(ApiError::bad_request("bad_request", "name: 1 to 64 printable characters"));
     }
     let identity = match req.identity {
@@ -378,7 +398,10 @@ async fn join_room(
                 && id.starts_with("guest-")
                 && id[6..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
             if !ok {
-                return Err(ApiError::bad_request("bad_identity", "identity: guest- followed by 8 hex digits"));
+                return Err(ApiError::bad_request(
+                    "bad_identity",
+                    "identity: guest- followed by 8 hex digits",
+                ));
             }
             id
         }
@@ -388,7 +411,8 @@ async fn join_room(
             format!("guest-{}", hex::encode(b))
         }
     };
-    let grants = Grants { publish: c.grants.publish, subscribe: c.grants.subscribe, record: false, admin: false };
+    let grants =
+        Grants { publish: c.grants.publish, subscribe: c.grants.subscribe, record: false, admin: false };
     let ttl = s.auth.config().access_ttl;
     let (token, claims) = s
         .auth
@@ -466,7 +490,12 @@ async fn list_participants(
                 tracks: p
                     .tracks
                     .into_iter()
-                    .map(|t| ParticipantTrack { id: t.id, kind: t.kind.into(), codec: t.codec, muted: t.muted })
+                    .map(|t| ParticipantTrack {
+                        id: t.id,
+                        kind: t.kind.into(),
+                        codec: t.codec,
+                        muted: t.muted,
+                    })
                     .collect(),
             })
             .collect(),
@@ -524,7 +553,8 @@ async fn mute(
 async fn audit(s: &SharedState, actor: &str, action: &str, target: &str, detail: Option<String>) {
     let (a, ac, t) = (actor.to_owned(), action.to_owned(), target.to_owned());
     let now = unix_now() as i64;
-    if let Err(e) = s.store.call(move |c| q::audit(c, now, &a, &ac, Some(&t), detail.as_deref(), None)).await {
+    if let Err(e) = s.store.call(move |c| q::audit(c, now, &a, &ac, Some(&t), detail.as_deref(), None)).await
+    {
         tracing::warn!(error = %e, "audit entry not written");
     }
 }
@@ -644,7 +674,10 @@ async fn issue_token(
 
 /// The room's microphone, camera and media pipeline.
 #[utoipa::path(get, path = "/api/v1/device", tag = "device", responses((status = 200, body = DeviceState)))]
-async fn get_device(State(s): State<SharedState>, Bearer(c): Bearer) -> Result<axum::Json<DeviceState>, ApiError> {
+async fn get_device(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<DeviceState>, ApiError> {
     need_room(&c, &s.cfg.room)?;
     Ok(axum::Json(s.device.state()))
 }

@@ -110,7 +110,15 @@ mod tests {
 
     #[test]
     fn path_tricks_never_match() {
-        for p in ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "//index.html", "/.\\index.html", "/index.html/", "/web/index.html", "/build.rs"] {
+        for p in [
+            "/../Cargo.toml",
+            "/%2e%2e/Cargo.toml",
+            "//index.html",
+            "/.\\index.html",
+            "/index.html/",
+            "/web/index.html",
+            "/build.rs",
+        ] {
             assert!(resolve(p).is_none(), "{p}");
         }
     }

@@ -175,10 +175,10 @@ impl IntoResponse for ApiError {
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
         let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -230,8 +230,12 @@ impl From<AuthServiceError> for ApiError {
                     format!("too many login attempts; retry in {retry_after_secs} s"),
                 )
             },
-            AuthServiceError::BadRefresh => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", e.to_string()),
-            AuthServiceError::RefreshReuse => ApiError::new(StatusCode::UNAUTHORIZED, "refresh_token_reused", e.to_string()),
+            AuthServiceError::BadRefresh => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", e.to_string())
+            }
+            AuthServiceError::RefreshReuse => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "refresh_token_reused", e.to_string())
+            }
             AuthServiceError::BadRequest(m) => ApiError::bad_request("bad_request", m),
             AuthServiceError::Store(s) => s.into(),
             other => ApiError::internal(other.to_string()),
@@ -247,7 +251,11 @@ impl From<sfu_core::SfuError> for ApiError {
             sfu_core::SfuError::NotRunning => "sfu_unavailable",
             _ => "sfu_error",
         };
-        let status = if matches!(e, sfu_core::SfuError::NotRunning) { StatusCode::SERVICE_UNAVAILABLE } else { status };
+        let status = if matches!(e, sfu_core::SfuError::NotRunning) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            status
+        };
         ApiError::new(status, code, e.to_string())
     }
 }
@@ -280,7 +288,9 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
             "send the body as JSON with `Content-Type: application/json`",
         ),
         JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("bad_json", text),
-        JsonRejection::JsonDataError(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text),
+        JsonRejection::JsonDataError(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text)
+        }
         _ if status == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
         }

@@ -1,7 +1,7 @@
 //! Shared helpers for the daemon's integration tests: an in-process daemon on
 //! a free loopback port with its own data dir, and an HTTPS client that trusts
 //! exactly that daemon's self-signed certificate.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::field_reassign_with_default)]
 
 use std::path::PathBuf;
 
