@@ -278,6 +278,8 @@ pub struct Auth {
     limiter: Mutex<LoginLimiter>,
     data_dir: PathBuf,
     dummy_hash: String,
+    /// Counts JWKS installs, so callers can wait for the provider's keys.
+    jwks_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -346,6 +348,7 @@ impl Auth {
             store,
             data_dir: data_dir.to_owned(),
             dummy_hash,
+            jwks_generation: tokio::sync::watch::channel(0).0,
         };
         if let Some(o) = &auth.cfg.oidc
             && let Some(file) = &o.jwks_file
@@ -364,6 +367,11 @@ impl Auth {
     /// The verifier for the box's own tokens, with revocation (hand it to the SFU).
     pub fn local_verifier(&self) -> TokenVerifier {
         self.local.clone()
+    }
+
+    /// Changes each time the identity provider's keys are (re)installed.
+    pub fn jwks_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.jwks_generation.subscribe()
     }
 
     pub fn versions(&self) -> Arc<TokenVersions> {
@@ -385,6 +393,7 @@ impl Auth {
         if let Ok(mut slot) = self.oidc.write() {
             *slot = Some(v);
         }
+        self.jwks_generation.send_modify(|g| *g += 1);
         Ok(n)
     }
 

@@ -288,7 +288,7 @@ impl DaemonConfig {
             bad("http.max_body_bytes", "must be at least 1024");
         }
         if let Some(r) = self.http.redirect_listen {
-            if r == self.http.listen {
+            if r == self.http.listen && r.port() != 0 {
                 bad("http.redirect_listen", "must differ from http.listen");
             }
             if !self.http.tls {

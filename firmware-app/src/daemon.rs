@@ -56,6 +56,8 @@ pub struct Running {
     /// The address the HTTP(S) server listens on.
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,
+    /// The plain-HTTP redirect listener's address, when `http.redirect_listen` is set.
+    pub redirect_addr: Option<SocketAddr>,
     /// Set on first boot only: the generated admin password.
     pub first_admin_password: Option<String>,
     handle: axum_server::Handle<SocketAddr>,
@@ -255,7 +257,16 @@ pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
             let app = axum::Router::new()
                 .fallback(move |req: axum::extract::Request| async move { redirect_to_https(&req, port) });
             let t = tokio::spawn(axum_server::bind(r).handle(h.clone()).serve(app.into_make_service()));
-            Some((h, t))
+            match h.listening().await {
+                Some(a) => Some((h, t, a)),
+                None => {
+                    let err = match t.await {
+                        Ok(Err(e)) => e,
+                        _ => std::io::Error::other("the redirect listener stopped"),
+                    };
+                    return Err(DaemonError::Io { what: format!("listen on {r}"), source: err });
+                }
+            }
         }
         _ => None,
     };
@@ -288,7 +299,8 @@ pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
         first_admin_password,
         handle,
         server,
-        redirect,
+        redirect_addr: redirect.as_ref().map(|r| r.2),
+        redirect: redirect.map(|(h, t, _)| (h, t)),
         shutdown_tx,
         events,
         background,

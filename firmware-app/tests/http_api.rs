@@ -467,3 +467,22 @@ fn docs_openapi_json_is_up_to_date() {
          (or `roomboxd openapi > docs/openapi.json`)"
     );
 }
+
+#[tokio::test]
+async fn plain_http_redirects_to_https_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.http.redirect_listen = Some("127.0.0.1:0".parse().unwrap());
+    let d = common::start_with(cfg, dir).await;
+    let plain = d.running.redirect_addr.expect("redirect listener");
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
+    let r = client.get(format!("http://{plain}/admin?x=1")).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("https://127.0.0.1:{}/admin?x=1", d.running.addr.port()));
+    // A hostile Host header does not become the redirect target.
+    let r =
+        client.get(format!("http://{plain}/")).header("host", "evil.example/<script>").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    d.running.shutdown().await;
+}

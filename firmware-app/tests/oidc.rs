@@ -125,3 +125,58 @@ async fn a_jwks_with_a_symmetric_key_is_refused_at_start() {
     let err = roombox::daemon::start(cfg).await.err().expect("refused");
     assert!(err.to_string().contains("symmetric"), "{err}");
 }
+
+/// The provider's JWKS from an on-prem HTTPS URL, trusted through `ca_file`,
+/// fetched in the background at start.
+#[tokio::test]
+async fn the_jwks_is_fetched_from_an_https_url_at_start() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let idp = idp();
+    let dir = tempfile::tempdir().unwrap();
+    // The provider: a real HTTPS server on loopback with its own certificate.
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let ca = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let rc = axum_server::tls_rustls::RustlsConfig::from_pem(
+        ck.cert.pem().into_bytes(),
+        ck.signing_key.serialize_pem().into_bytes(),
+    )
+    .await
+    .unwrap();
+    let jwks = idp.jwks.clone();
+    let app = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let j = jwks.clone();
+            async move { ([("content-type", "application/json")], j) }
+        }),
+    );
+    let handle = axum_server::Handle::new();
+    let server = tokio::spawn(
+        axum_server::bind_rustls("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), rc)
+            .handle(handle.clone())
+            .serve(app.into_make_service()),
+    );
+    let addr = handle.listening().await.unwrap();
+
+    let mut cfg = common::config(dir.path());
+    cfg.auth.oidc = Some(OidcConfig {
+        issuer: ISSUER.into(),
+        audience: "roombox".into(),
+        jwks_url: Some(format!("https://127.0.0.1:{}/certs", addr.port())),
+        ca_file: Some(ca),
+        ..OidcConfig::default()
+    });
+    let d = common::start_with(cfg, dir).await;
+    let good = rs256(&idp, &idp_claims());
+    let mut updates = d.running.state.auth.jwks_updates();
+    tokio::time::timeout(std::time::Duration::from_secs(20), updates.wait_for(|g| *g > 0))
+        .await
+        .expect("the JWKS is fetched within 20 s")
+        .unwrap();
+    let status = d.get("/api/v1/rooms/demo", Some(&good)).await.status();
+    assert_eq!(status, 200, "the provider's token verifies once its JWKS is fetched");
+    d.running.shutdown().await;
+    handle.shutdown();
+    let _ = server.await;
+}
