@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sfu_core::auth::{AuthError, Claims, Grants, RevocationCheck, TokenVerifier, sign_hs256};
 
 use crate::config::{AuthConfig, OidcConfig};
-use crate::store::{Role, Store, StoreError, q};
+use crate::store::{Role, Store, StoreError, atomic, q};
 
 /// The signing key's file name in the data dir.
 pub const KEY_FILE: &str = "jwt.key";
@@ -450,9 +450,11 @@ impl Auth {
         let user = self
             .store
             .call(move |c| {
-                let u = q::create_user(c, "admin", &hash, Role::Admin, now)?;
-                q::audit(c, now, "roomboxd", "first_boot_admin", Some("admin"), None, None)?;
-                Ok(u)
+                atomic(c, |c| {
+                    let u = q::create_user(c, "admin", &hash, Role::Admin, now)?;
+                    q::audit(c, now, "roomboxd", "first_boot_admin", Some("admin"), None, None)?;
+                    Ok(u)
+                })
             })
             .await?;
         self.versions.set(&user.username, user.token_version);
@@ -521,12 +523,18 @@ impl Auth {
         };
         let ip_s = ip.to_string();
         let u = user.username.clone();
-        let pair =
-            self.new_pair(&user.username, user.id, user.token_version, &room, grants, &family, now).await?;
+        let pair = self
+            .new_pair(&user.username, user.id, user.token_version, &room, grants, &family, None, now)
+            .await?;
         let _ = self.store.call(move |c| q::audit(c, now as i64, &u, "login", None, None, Some(&ip_s))).await;
         Ok(pair)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    /// Make a new access + refresh pair and store the refresh token. With
+    /// `spend`, the refresh token being rotated is marked used in the same
+    /// transaction; if it was already used, its whole family is revoked
+    /// instead (and committed) and [`AuthServiceError::RefreshReuse`] returned.
     #[allow(clippy::too_many_arguments)]
     async fn new_pair(
         &self,
@@ -536,6 +544,7 @@ impl Auth {
         room: &str,
         grants: Grants,
         family: &str,
+        spend: Option<i64>,
         now: u64,
     ) -> Result<TokenPair, AuthServiceError> {
         let (access, claims) =
@@ -548,21 +557,37 @@ impl Auth {
             .map_err(|e| AuthServiceError::Internal(e.to_string()))?;
         let refresh_ttl = self.cfg.refresh_ttl.as_secs();
         let (fam, room_s) = (family.to_owned(), room.to_owned());
-        self.store
+        let stored = self
+            .store
             .call(move |c| {
-                q::insert_refresh(
-                    c,
-                    user_id,
-                    &hash,
-                    &fam,
-                    tv,
-                    &room_s,
-                    &grants_json,
-                    now as i64,
-                    (now + refresh_ttl) as i64,
-                )
+                atomic(c, |c| {
+                    if let Some(old) = spend
+                        && !q::mark_refresh_used(c, old, now as i64)?
+                    {
+                        q::revoke_family(c, &fam, now as i64)?;
+                        let what = "refresh_reuse_revoked_family";
+                        q::audit(c, now as i64, "roomboxd", what, Some(&fam), None, None)?;
+                        return Ok(false);
+                    }
+                    q::insert_refresh(
+                        c,
+                        user_id,
+                        &hash,
+                        &fam,
+                        tv,
+                        &room_s,
+                        &grants_json,
+                        now as i64,
+                        (now + refresh_ttl) as i64,
+                    )?;
+                    Ok(true)
+                })
             })
             .await?;
+        if !stored {
+            tracing::warn!(user = username, "a rotated refresh token was reused; its family is revoked");
+            return Err(AuthServiceError::RefreshReuse);
+        }
         Ok(TokenPair {
             access_token: access,
             token_type: "Bearer".into(),
@@ -591,30 +616,6 @@ impl Auth {
         if current != Some(row.token_version) {
             return Err(AuthServiceError::BadRefresh);
         }
-        let (id, fam) = (row.id, row.family.clone());
-        let fresh = self
-            .store
-            .call(move |c| {
-                let fresh = q::mark_refresh_used(c, id, now as i64)?;
-                if !fresh {
-                    q::revoke_family(c, &fam, now as i64)?;
-                    q::audit(
-                        c,
-                        now as i64,
-                        "roomboxd",
-                        "refresh_reuse_revoked_family",
-                        Some(&fam),
-                        None,
-                        None,
-                    )?;
-                }
-                Ok(fresh)
-            })
-            .await?;
-        if !fresh || row.used_at.is_some() {
-            tracing::warn!(user = %row.username, "a rotated refresh token was reused; its family is revoked");
-            return Err(AuthServiceError::RefreshReuse);
-        }
         let grants: GrantsDto = serde_json::from_str(&row.grants).unwrap_or_default();
         self.new_pair(
             &row.username,
@@ -623,6 +624,7 @@ impl Auth {
             &row.room,
             grants.into(),
             &row.family,
+            Some(row.id),
             now,
         )
         .await
@@ -633,10 +635,12 @@ impl Auth {
         let hash = sha256(token.as_bytes());
         self.store
             .call(move |c| {
-                if let Some(row) = q::find_refresh(c, &hash)? {
-                    q::revoke_family(c, &row.family, now as i64)?;
-                }
-                Ok(())
+                atomic(c, |c| {
+                    if let Some(row) = q::find_refresh(c, &hash)? {
+                        q::revoke_family(c, &row.family, now as i64)?;
+                    }
+                    Ok(())
+                })
             })
             .await?;
         Ok(())
@@ -648,9 +652,11 @@ impl Auth {
         let v = self
             .store
             .call(move |c| {
-                let v = q::bump_token_version(c, &u, now as i64)?;
-                q::audit(c, now as i64, &a, "revoke_tokens", Some(&u), None, None)?;
-                Ok(v)
+                atomic(c, |c| {
+                    let v = q::bump_token_version(c, &u, now as i64)?;
+                    q::audit(c, now as i64, &a, "revoke_tokens", Some(&u), None, None)?;
+                    Ok(v)
+                })
             })
             .await?;
         self.versions.set(username, v);
@@ -689,9 +695,11 @@ impl Auth {
         let v = self
             .store
             .call(move |c| {
-                let v = q::set_password(c, &u, &new_hash, now as i64)?;
-                q::audit(c, now as i64, &u, "password_changed", Some(&u), None, None)?;
-                Ok(v)
+                atomic(c, |c| {
+                    let v = q::set_password(c, &u, &new_hash, now as i64)?;
+                    q::audit(c, now as i64, &u, "password_changed", Some(&u), None, None)?;
+                    Ok(v)
+                })
             })
             .await?;
         self.versions.set(username, v);
@@ -719,12 +727,14 @@ pub fn set_password_offline(
     let u = username.to_owned();
     let now = unix_now() as i64;
     Ok(store.call_blocking(move |c| {
-        let v = match q::get_user(c, &u)? {
-            Some(_) => q::set_password(c, &u, &hash, now)?,
-            None => q::create_user(c, &u, &hash, role, now)?.token_version,
-        };
-        q::audit(c, now, "console", "password_set", Some(&u), None, None)?;
-        Ok(v)
+        atomic(c, |c| {
+            let v = match q::get_user(c, &u)? {
+                Some(_) => q::set_password(c, &u, &hash, now)?,
+                None => q::create_user(c, &u, &hash, role, now)?.token_version,
+            };
+            q::audit(c, now, "console", "password_set", Some(&u), None, None)?;
+            Ok(v)
+        })
     })?)
 }
 

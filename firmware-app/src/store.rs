@@ -532,8 +532,33 @@ pub struct AuditRow {
     pub ip: Option<String>,
 }
 
+/// Run `f` atomically: in a SAVEPOINT, so it nests inside an outer one and
+/// either everything in it is committed or nothing is.
+pub fn atomic<T>(
+    c: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    c.execute_batch("SAVEPOINT roombox_atomic")?;
+    match f(c) {
+        Ok(v) => match c.execute_batch("RELEASE roombox_atomic") {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                // A failed commit (e.g. disk full): roll back explicitly, as SQLite advises.
+                if !c.is_autocommit() {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK TO roombox_atomic; RELEASE roombox_atomic");
+            Err(e)
+        }
+    }
+}
+
 pub mod q {
-    //! The queries.
+    //! The queries. Each multi-statement write is [`atomic`].
     use super::*;
 
     pub fn ensure_room(c: &Connection, name: &str, at: i64) -> Result<i64, StoreError> {
@@ -579,75 +604,74 @@ pub mod q {
     }
 
     /// Start a meeting in `room` (idempotent: returns the open one if any).
-    pub fn meeting_start(c: &mut Connection, room: &str, at: i64) -> Result<i64, StoreError> {
-        let tx = c.transaction()?;
-        let room_id = ensure_room(&tx, room, at)?;
-        let open: Option<i64> = tx
-            .query_row("SELECT id FROM meetings WHERE room_id = ?1 AND ended_at IS NULL", [room_id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let id = match open {
-            Some(id) => id,
-            None => {
-                tx.execute(
-                    "INSERT INTO meetings(room_id, started_at) VALUES (?1, ?2)",
-                    params![room_id, at],
-                )?;
-                tx.last_insert_rowid()
-            }
-        };
-        tx.commit()?;
-        Ok(id)
+    pub fn meeting_start(c: &Connection, room: &str, at: i64) -> Result<i64, StoreError> {
+        atomic(c, |tx| {
+            let room_id = ensure_room(tx, room, at)?;
+            let open: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM meetings WHERE room_id = ?1 AND ended_at IS NULL",
+                    [room_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let id = match open {
+                Some(id) => id,
+                None => {
+                    tx.execute(
+                        "INSERT INTO meetings(room_id, started_at) VALUES (?1, ?2)",
+                        params![room_id, at],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            Ok(id)
+        })
     }
 
     /// End the open meeting of `room` and any session still open in it.
-    pub fn meeting_end(
-        c: &mut Connection,
-        room: &str,
-        at: i64,
-        reason: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        let tx = c.transaction()?;
-        let open: Option<i64> = tx
-            .query_row(
-                "SELECT m.id FROM meetings m JOIN rooms r ON r.id = m.room_id
+    pub fn meeting_end(c: &Connection, room: &str, at: i64, reason: &str) -> Result<Option<i64>, StoreError> {
+        atomic(c, |tx| {
+            let open: Option<i64> = tx
+                .query_row(
+                    "SELECT m.id FROM meetings m JOIN rooms r ON r.id = m.room_id
                  WHERE r.name = ?1 AND m.ended_at IS NULL",
-                [room],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = open {
-            tx.execute(
-                "UPDATE participant_sessions SET left_at = ?2, leave_reason = ?3
+                    [room],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = open {
+                tx.execute(
+                    "UPDATE participant_sessions SET left_at = ?2, leave_reason = ?3
                  WHERE meeting_id = ?1 AND left_at IS NULL",
-                params![id, at, reason],
-            )?;
-            tx.execute(
-                "UPDATE meetings SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
-                params![id, at, reason],
-            )?;
-        }
-        tx.commit()?;
-        Ok(open)
+                    params![id, at, reason],
+                )?;
+                tx.execute(
+                    "UPDATE meetings SET ended_at = ?2, end_reason = ?3 WHERE id = ?1",
+                    params![id, at, reason],
+                )?;
+            }
+            Ok(open)
+        })
     }
 
     /// Record a join (starting the room's meeting if none is open).
     pub fn session_start(
-        c: &mut Connection,
+        c: &Connection,
         room: &str,
         identity: &str,
         sfu_session: u64,
         local: bool,
         at: i64,
     ) -> Result<i64, StoreError> {
-        let meeting = meeting_start(c, room, at)?;
-        c.execute(
-            "INSERT INTO participant_sessions(meeting_id, identity, sfu_session, local, joined_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![meeting, identity, sfu_session as i64, local, at],
-        )?;
-        Ok(c.last_insert_rowid())
+        atomic(c, |c| {
+            let meeting = meeting_start(c, room, at)?;
+            c.execute(
+                "INSERT INTO participant_sessions(meeting_id, identity, sfu_session, local, joined_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![meeting, identity, sfu_session as i64, local, at],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
     }
 
     /// Record a leave. Returns the session's row id when it was open.
@@ -677,18 +701,18 @@ pub mod q {
     }
 
     /// Close every open session and meeting (at start after a crash, and at shutdown).
-    pub fn close_all_open(c: &mut Connection, at: i64, reason: &str) -> Result<(usize, usize), StoreError> {
-        let tx = c.transaction()?;
-        let s = tx.execute(
+    pub fn close_all_open(c: &Connection, at: i64, reason: &str) -> Result<(usize, usize), StoreError> {
+        atomic(c, |tx| {
+            let s = tx.execute(
             "UPDATE participant_sessions SET left_at = MAX(joined_at, ?1), leave_reason = ?2 WHERE left_at IS NULL",
             params![at, reason],
         )?;
-        let m = tx.execute(
-            "UPDATE meetings SET ended_at = MAX(started_at, ?1), end_reason = ?2 WHERE ended_at IS NULL",
-            params![at, reason],
-        )?;
-        tx.commit()?;
-        Ok((m, s))
+            let m = tx.execute(
+                "UPDATE meetings SET ended_at = MAX(started_at, ?1), end_reason = ?2 WHERE ended_at IS NULL",
+                params![at, reason],
+            )?;
+            Ok((m, s))
+        })
     }
 
     pub fn list_meetings(
@@ -794,36 +818,40 @@ pub mod q {
     }
 
     /// Bump a user's token version: every access and refresh token issued before is revoked.
-    pub fn bump_token_version(c: &mut Connection, username: &str, at: i64) -> Result<u64, StoreError> {
-        let tx = c.transaction()?;
-        let n = tx.execute(
-            "UPDATE users SET token_version = token_version + 1, updated_at = ?2 WHERE username = ?1",
-            params![username, at],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("user {username:?}")));
-        }
-        tx.execute(
-            "UPDATE refresh_tokens SET revoked_at = ?2
+    pub fn bump_token_version(c: &Connection, username: &str, at: i64) -> Result<u64, StoreError> {
+        atomic(c, |tx| {
+            let n = tx.execute(
+                "UPDATE users SET token_version = token_version + 1, updated_at = ?2 WHERE username = ?1",
+                params![username, at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {username:?}")));
+            }
+            tx.execute(
+                "UPDATE refresh_tokens SET revoked_at = ?2
              WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE username = ?1)",
-            params![username, at],
-        )?;
-        let v: i64 =
-            tx.query_row("SELECT token_version FROM users WHERE username = ?1", [username], |r| r.get(0))?;
-        tx.commit()?;
-        Ok(v as u64)
+                params![username, at],
+            )?;
+            let v: i64 =
+                tx.query_row("SELECT token_version FROM users WHERE username = ?1", [username], |r| {
+                    r.get(0)
+                })?;
+            Ok(v as u64)
+        })
     }
 
     /// Set a password and bump the token version (a new password ends old sessions).
-    pub fn set_password(c: &mut Connection, username: &str, hash: &str, at: i64) -> Result<u64, StoreError> {
-        let n = c.execute(
-            "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE username = ?1",
-            params![username, hash, at],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("user {username:?}")));
-        }
-        bump_token_version(c, username, at)
+    pub fn set_password(c: &Connection, username: &str, hash: &str, at: i64) -> Result<u64, StoreError> {
+        atomic(c, |c| {
+            let n = c.execute(
+                "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE username = ?1",
+                params![username, hash, at],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {username:?}")));
+            }
+            bump_token_version(c, username, at)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -915,29 +943,29 @@ pub mod q {
 
     /// Finalize a recording and queue it for upload, in one transaction.
     pub fn finalize_recording(
-        c: &mut Connection,
+        c: &Connection,
         id: i64,
         bytes: i64,
         at: i64,
         queue_upload: bool,
     ) -> Result<(), StoreError> {
-        let tx = c.transaction()?;
-        let n = tx.execute(
-            "UPDATE recordings SET state = 'finalized', bytes = ?2, ended_at = ?3 WHERE id = ?1",
-            params![id, bytes, at],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("recording {id}")));
-        }
-        if queue_upload {
-            tx.execute(
-                "INSERT INTO upload_queue(recording_id, state, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, 'pending', ?2, ?2, ?2) ON CONFLICT(recording_id) DO NOTHING",
-                params![id, at],
+        atomic(c, |tx| {
+            let n = tx.execute(
+                "UPDATE recordings SET state = 'finalized', bytes = ?2, ended_at = ?3 WHERE id = ?1",
+                params![id, bytes, at],
             )?;
-        }
-        tx.commit()?;
-        Ok(())
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("recording {id}")));
+            }
+            if queue_upload {
+                tx.execute(
+                    "INSERT INTO upload_queue(recording_id, state, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, 'pending', ?2, ?2, ?2) ON CONFLICT(recording_id) DO NOTHING",
+                    params![id, at],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     pub fn list_recordings(c: &Connection, limit: u32) -> Result<Vec<RecordingRow>, StoreError> {
@@ -1038,12 +1066,12 @@ mod tests {
 
     #[test]
     fn meetings_and_sessions_open_and_close() {
-        let (_d, mut c) = open_tmp();
-        q::session_start(&mut c, "demo", "alice", 1, false, 100).unwrap();
-        q::session_start(&mut c, "demo", "bob", 2, false, 110).unwrap();
+        let (_d, c) = open_tmp();
+        q::session_start(&c, "demo", "alice", 1, false, 100).unwrap();
+        q::session_start(&c, "demo", "bob", 2, false, 110).unwrap();
         assert!(q::session_end(&c, "demo", 1, 200, "left").unwrap().is_some());
         assert_eq!(q::session_end(&c, "demo", 1, 201, "left").unwrap(), None, "already closed");
-        let m = q::meeting_end(&mut c, "demo", 300, "closed").unwrap().unwrap();
+        let m = q::meeting_end(&c, "demo", 300, "closed").unwrap().unwrap();
         let sessions = q::list_sessions(&c, m).unwrap();
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions[0].left_at, Some(200));
@@ -1054,9 +1082,9 @@ mod tests {
 
     #[test]
     fn one_open_meeting_per_room() {
-        let (_d, mut c) = open_tmp();
-        let a = q::meeting_start(&mut c, "demo", 1).unwrap();
-        let b = q::meeting_start(&mut c, "demo", 2).unwrap();
+        let (_d, c) = open_tmp();
+        let a = q::meeting_start(&c, "demo", 1).unwrap();
+        let b = q::meeting_start(&c, "demo", 2).unwrap();
         assert_eq!(a, b);
         let err =
             c.execute("INSERT INTO meetings(room_id, started_at) SELECT id, 3 FROM rooms", []).unwrap_err();
@@ -1072,13 +1100,13 @@ mod tests {
 
     #[test]
     fn bumping_the_token_version_revokes_refresh_tokens() {
-        let (_d, mut c) = open_tmp();
+        let (_d, c) = open_tmp();
         let u = q::create_user(&c, "admin", "h", Role::Admin, 1).unwrap();
         q::insert_refresh(&c, u.id, b"hash1", "fam", 1, "*", "{}", 1, 1000).unwrap();
-        assert_eq!(q::bump_token_version(&mut c, "admin", 5).unwrap(), 2);
+        assert_eq!(q::bump_token_version(&c, "admin", 5).unwrap(), 2);
         let r = q::find_refresh(&c, b"hash1").unwrap().unwrap();
         assert_eq!(r.revoked_at, Some(5));
-        assert!(matches!(q::bump_token_version(&mut c, "nobody", 5), Err(StoreError::NotFound(_))));
+        assert!(matches!(q::bump_token_version(&c, "nobody", 5), Err(StoreError::NotFound(_))));
     }
 
     #[test]
@@ -1092,14 +1120,33 @@ mod tests {
 
     #[test]
     fn a_finalized_recording_is_queued_for_upload_atomically() {
-        let (_d, mut c) = open_tmp();
+        let (_d, c) = open_tmp();
         let id = q::insert_recording(&c, "demo", "/data/rec/1.mkv", 10).unwrap();
-        q::finalize_recording(&mut c, id, 1234, 20, true).unwrap();
+        q::finalize_recording(&c, id, 1234, 20, true).unwrap();
         let r = q::list_recordings(&c, 10).unwrap();
         assert_eq!(
             (r[0].state.as_str(), r[0].bytes, r[0].upload.as_deref()),
             ("finalized", 1234, Some("pending"))
         );
+    }
+
+    #[test]
+    fn atomic_writes_all_or_nothing_and_nests() {
+        let (_d, c) = open_tmp();
+        let r: Result<(), StoreError> = atomic(&c, |c| {
+            q::create_room(c, "a", None, 1)?;
+            q::session_start(c, "a", "x", 1, false, 1)?; // nested atomic inside
+            Err(StoreError::NotFound("forced".into()))
+        });
+        assert!(r.is_err());
+        assert!(q::list_rooms(&c).unwrap().is_empty(), "rolled back, nested part included");
+        atomic(&c, |c| {
+            q::create_room(c, "b", None, 1)?;
+            q::session_start(c, "b", "x", 1, false, 1).map(|_| ())
+        })
+        .unwrap();
+        assert_eq!(q::list_rooms(&c).unwrap().len(), 1);
+        assert!(c.is_autocommit(), "no transaction left open");
     }
 
     #[test]

@@ -486,3 +486,39 @@ async fn plain_http_redirects_to_https_when_configured() {
     assert_eq!(r.status(), 400);
     d.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_full_database_gives_507_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.store.max_size_mib = 1;
+    let d = common::start_with(cfg, dir).await;
+    let admin = d.login_admin().await;
+    let t = admin["access_token"].as_str().unwrap();
+    assert_eq!(d.post_json("/api/v1/rooms", Some(t), json!({"name": "before"})).await.status(), 201);
+    // Fill the database to its cap: big rows, then ever smaller ones for the last free bytes.
+    let store = d.running.state.store.clone();
+    let mut filled = 0;
+    for size in [4000usize, 500, 50, 0] {
+        loop {
+            let r = store
+                .call(move |c| roombox::store::q::audit(c, 0, "f", "f", None, Some(&"f".repeat(size)), None))
+                .await;
+            match r {
+                Ok(_) => filled += 1,
+                Err(roombox::store::StoreError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(filled < 100_000);
+        }
+    }
+    let r = d.post_json("/api/v1/rooms", Some(t), json!({"name": "after"})).await;
+    assert_eq!(r.status(), 507);
+    assert_eq!(error_code(r).await, "storage_full");
+    // Alive, and nothing stored before is lost.
+    assert_eq!(d.get("/healthz", None).await.status(), 200);
+    let rooms: Value = d.get("/api/v1/rooms", Some(t)).await.json().await.unwrap();
+    let names: Vec<&str> = rooms.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["before", "demo"]);
+    d.running.shutdown().await;
+}

@@ -127,9 +127,9 @@ fn a_damaged_database_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("roombox.db");
     {
-        let mut c = open_connection(&path, &StoreOptions::default()).unwrap();
+        let c = open_connection(&path, &StoreOptions::default()).unwrap();
         for i in 0..500 {
-            q::session_start(&mut c, "r", &format!("p{i}"), i, false, i as i64).unwrap();
+            q::session_start(&c, "r", &format!("p{i}"), i, false, i as i64).unwrap();
         }
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     }

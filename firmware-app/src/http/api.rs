@@ -19,7 +19,7 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery, Bearer, ClientIp, ErrorBody, S
 use crate::auth::{GrantsDto, TokenPair, random_bytes, unix_now};
 use crate::device::{DevicePatch, DeviceState};
 use crate::names::{IDENTITY_RULE, ROOM_RULE, valid_identity, valid_room};
-use crate::store::{AuditRow, MeetingRow, RecordingRow, RoomRow, SessionRow, q};
+use crate::store::{AuditRow, MeetingRow, RecordingRow, RoomRow, SessionRow, atomic, q};
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
@@ -321,9 +321,11 @@ async fn create_room(
     let row = s
         .store
         .call(move |db| {
-            let r = q::create_room(db, &req.name, req.display_name.as_deref(), now)?;
-            q::audit(db, now, &actor, "room_created", Some(&req.name), None, None)?;
-            Ok(r)
+            atomic(db, |db| {
+                let r = q::create_room(db, &req.name, req.display_name.as_deref(), now)?;
+                q::audit(db, now, &actor, "room_created", Some(&req.name), None, None)?;
+                Ok(r)
+            })
         })
         .await?;
     Ok((StatusCode::CREATED, axum::Json(view(row, &[]))))
