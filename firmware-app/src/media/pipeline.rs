@@ -70,7 +70,7 @@ pub enum PipelineInput {
     },
     /// A remote participant's Opus packet for the speakers.
     RemoteAudio {
-        track: String,
+        track: Arc<str>,
         seq: u16,
         payload: Bytes,
     },
@@ -677,17 +677,22 @@ fn mic_thread(
             }
         }
         let x = source.xruns();
-        if x > xruns_seen {
+        let overran = x > xruns_seen;
+        if overran {
             metrics.audio_xruns.with_label_values(&["capture"]).inc_by(x - xruns_seen);
             xruns_seen = x;
         }
-        // pace a source that returned early; re-anchor after a device that fell behind
+        // Pace a source that returned early. A short stall of this thread is
+        // caught up (the device buffered those samples, or a generated source
+        // makes them now), keeping every sample at its capture time; samples
+        // really lost (an overrun) or a device clock drifted far from ours
+        // re-anchor the sample clock to now.
         let end = at(anchor, n + period as u64);
         let now = Instant::now();
         if end > now + Duration::from_millis(2) {
             sleep_until(end, &shared.stop);
-        } else if now > end + Duration::from_millis(60) {
-            // the device delivered late (stall, xrun, clock drift): this chunk ends now
+        } else if overran || now > end + Duration::from_millis(500) {
+            // samples were lost or the clocks drifted apart: this chunk ends now
             anchor = now - period_dur;
             anchor_ts = clock.rtp_audio(anchor);
             n = 0;
@@ -730,7 +735,7 @@ fn mic_thread(
 fn speaker_thread(
     mut sink: Box<dyn AudioSink>,
     #[allow(unused_mut, unused_variables)] mut aec: Option<Aec>,
-    remote: Receiver<(String, u16, Bytes)>,
+    remote: Receiver<(Arc<str>, u16, Bytes)>,
     shared: Arc<Shared>,
     metrics: MediaMetrics,
 ) {
@@ -828,7 +833,7 @@ fn speaker_thread(
 #[derive(Clone)]
 pub struct PipelineInputs {
     video_ctl: SyncSender<VideoControl>,
-    remote_audio: Option<SyncSender<(String, u16, Bytes)>>,
+    remote_audio: Option<SyncSender<(Arc<str>, u16, Bytes)>>,
 }
 
 impl PipelineInputs {
