@@ -4,8 +4,8 @@
 # Building roomboxd (alsa-sys, bundled libopus via cmake, bindgen via clang).
 BUILD_PACKAGES="build-essential pkg-config cmake clang libclang-dev libasound2-dev ca-certificates"
 # Running every test: real peers and tools (Chromium as a WebRTC peer, network
-# namespaces, promtool for /metrics, an MQTT broker, SQLite's CLI for debugging).
-TEST_PACKAGES="chromium iproute2 iptables prometheus mosquitto mosquitto-clients sqlite3 procps"
+# namespaces, promtool for /metrics, an MQTT broker).
+TEST_PACKAGES="chromium iproute2 iptables prometheus mosquitto mosquitto-clients"
 
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then

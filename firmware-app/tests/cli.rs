@@ -46,12 +46,15 @@ struct Demo {
     child: std::process::Child,
     url: String,
     join: String,
-    admin_password: String,
+    admin_password: Option<String>,
     dir: tempfile::TempDir,
 }
 
 fn start_demo() -> Demo {
-    let dir = tempfile::tempdir().unwrap();
+    start_demo_in(tempfile::tempdir().unwrap())
+}
+
+fn start_demo_in(dir: tempfile::TempDir) -> Demo {
     let mut child = Command::new(BIN)
         .args(["demo", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
@@ -82,7 +85,7 @@ fn start_demo() -> Demo {
         child,
         url: url.expect("demo prints Open: URL"),
         join: join.expect("demo prints Join link:"),
-        admin_password: admin.expect("demo prints the admin password"),
+        admin_password: admin,
         dir,
     }
 }
@@ -123,7 +126,7 @@ async fn the_demo_prints_its_links_serves_https_and_stops_cleanly_on_sigterm() {
 
     let r = client
         .post(format!("{}/api/v1/auth/login", demo.url))
-        .json(&serde_json::json!({"username": "admin", "password": demo.admin_password}))
+        .json(&serde_json::json!({"username": "admin", "password": demo.admin_password.clone().expect("printed on first boot")}))
         .send()
         .await
         .unwrap();
@@ -208,4 +211,81 @@ fn passwd_sets_a_password_from_stdin() {
         .unwrap();
     assert_eq!(role, "member");
     assert!(hash.starts_with("$argon2id$"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_daemon_loses_nothing_and_the_next_start_reuses_its_state() {
+    let mut demo = tokio::task::spawn_blocking(start_demo).await.unwrap();
+    let password = demo.admin_password.clone().expect("first boot prints the password");
+    let pem = std::fs::read(demo.dir.path().join("tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let login = |url: String| {
+        let c = client.clone();
+        let p = password.clone();
+        async move {
+            let r = c
+                .post(format!("{url}/api/v1/auth/login"))
+                .json(&serde_json::json!({"username": "admin", "password": p}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let pair = login(demo.url.clone()).await;
+    let t = pair["access_token"].as_str().unwrap().to_owned();
+    for i in 0..20 {
+        let r = client
+            .post(format!("{}/api/v1/rooms", demo.url))
+            .bearer_auth(&t)
+            .json(&serde_json::json!({"name": format!("room-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "acknowledged");
+    }
+    unsafe {
+        libc::kill(demo.child.id() as i32, libc::SIGKILL);
+    }
+    let dir = tokio::task::spawn_blocking(move || {
+        demo.child.wait().unwrap();
+        demo.dir
+    })
+    .await
+    .unwrap();
+
+    let mut again = tokio::task::spawn_blocking(move || start_demo_in(dir)).await.unwrap();
+    assert_eq!(again.admin_password, None, "not a first boot any more");
+    assert_eq!(std::fs::read(again.dir.path().join("tls/cert.pem")).unwrap(), pem, "same certificate");
+    // Same key: the access token from before the crash still verifies.
+    let rooms: serde_json::Value = client
+        .get(format!("{}/api/v1/rooms", again.url))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let n =
+        rooms.as_array().unwrap().iter().filter(|r| r["name"].as_str().unwrap().starts_with("room-")).count();
+    assert_eq!(n, 20, "every acknowledged room survived kill -9");
+    // The refresh token issued before the crash still rotates.
+    let r = client
+        .post(format!("{}/api/v1/auth/refresh", again.url))
+        .json(&serde_json::json!({"refresh_token": pair["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    unsafe {
+        libc::kill(again.child.id() as i32, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || again.child.wait().unwrap()).await.unwrap();
+    assert!(status.success());
 }

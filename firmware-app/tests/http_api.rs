@@ -416,6 +416,11 @@ async fn tokens_rooms_meetings_device_and_openapi() {
         actions.contains(&"room_created") && actions.contains(&"token_issued") && actions.contains(&"login")
     );
 
+    let st: Value = d.get("/api/v1/status", Some(t)).await.json().await.unwrap();
+    assert_eq!((st["server_id"].as_str(), st["store"].as_bool()), (Some("box-1"), Some(true)), "{st}");
+    assert_eq!(st["device"]["mic_muted"], true);
+    assert_eq!(d.get("/api/v1/status", Some(carol)).await.status(), 403);
+
     let spec: Value = d.get("/api/v1/openapi.json", None).await.json().await.unwrap();
     assert!(spec["paths"]["/api/v1/rooms/{room}/participants/{identity}/kick"]["post"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());

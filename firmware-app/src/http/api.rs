@@ -41,6 +41,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/device", get(get_device).patch(patch_device))
         .route("/recordings", get(list_recordings))
         .route("/audit", get(list_audit))
+        .route("/status", get(status))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
@@ -55,12 +56,13 @@ pub fn routes() -> Router<SharedState> {
         list_rooms, create_room, get_room, join_room,
         list_participants, kick, mute,
         list_meetings, list_sessions,
-        issue_token, get_device, patch_device, list_recordings, list_audit,
+        issue_token, get_device, patch_device, list_recordings, list_audit, status,
     ),
     components(schemas(
         ErrorBody, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
         RoomView, CreateRoom, JoinRequest, JoinResponse, Participant, ParticipantTrack, MuteRequest, MediaKind,
         MeetingRow, SessionRow, TokenRequest, TokenResponse, DeviceState, DevicePatch, RecordingRow, AuditRow,
+        Status, SfuStatus,
     )),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
@@ -732,4 +734,64 @@ async fn list_audit(
     need_box_admin(&c)?;
     let limit = lq.limit.unwrap_or(50).clamp(1, 500);
     Ok(axum::Json(s.store.call(move |db| q::list_audit(db, limit)).await?))
+}
+
+// ---------------------------------------------------------------------------
+// Status (the admin page's device health)
+
+/// The SFU's counters.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SfuStatus {
+    pub running: bool,
+    pub rooms: usize,
+    pub participants: usize,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub dropped_packets: u64,
+}
+
+/// Health of the whole box.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub version: String,
+    pub server_id: String,
+    pub region: String,
+    pub board: Option<String>,
+    pub uptime_secs: u64,
+    /// The store answers.
+    pub store: bool,
+    pub sfu: SfuStatus,
+    pub device: DeviceState,
+    /// Meetings open now.
+    pub active_meetings: i64,
+}
+
+/// Version, uptime, store, SFU and device health. Admins of the box's room.
+#[utoipa::path(get, path = "/api/v1/status", tag = "status", responses((status = 200, body = Status)))]
+async fn status(State(s): State<SharedState>, Bearer(c): Bearer) -> Result<axum::Json<Status>, ApiError> {
+    need_room_admin(&c, &s.cfg.room)?;
+    let store = s.store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.is_ok();
+    let stats = match &s.sfu {
+        Some(sfu) => sfu.stats().await.ok(),
+        None => None,
+    };
+    let sfu = SfuStatus {
+        running: stats.is_some(),
+        rooms: stats.as_ref().map(|x| x.rooms).unwrap_or(0),
+        participants: stats.as_ref().map(|x| x.participants).unwrap_or(0),
+        forwarded_packets: stats.as_ref().map(|x| x.forwarded_packets).unwrap_or(0),
+        forwarded_bytes: stats.as_ref().map(|x| x.forwarded_bytes).unwrap_or(0),
+        dropped_packets: stats.as_ref().map(|x| x.dropped_packets).unwrap_or(0),
+    };
+    Ok(axum::Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        server_id: s.server_id.clone(),
+        region: s.cfg.region.clone(),
+        board: s.cfg.board.clone(),
+        uptime_secs: s.started.elapsed().as_secs(),
+        store,
+        sfu,
+        device: s.device.state(),
+        active_meetings: s.metrics.active_meetings(),
+    }))
 }
