@@ -169,6 +169,19 @@ fn encoder_size_must_come_from_the_camera() {
         e.contains("encoder: 1920x1080 matches no camera format (camera.formats: MJPG 1280x720@30, YUYV 1280x720@10, YUYV 640x360@30)"),
         "{e}"
     );
+    // 642x362 is a camera size (even) but not one the pipeline encodes.
+    let text = edited(
+        "qemu-arm64",
+        "width = 640\nheight = 360\nfps = 30\nbitrate",
+        "width = 642\nheight = 362\nfps = 30\nbitrate",
+    )
+    .replace(
+        "{ fourcc = \"YUYV\", width = 640, height = 360, fps = 30 }",
+        "{ fourcc = \"YUYV\", width = 642, height = 362, fps = 30 }",
+    );
+    let e = error_of("qemu-arm64", &text);
+    assert!(e.contains("encoder: 642x362: the pipeline encodes sizes in multiples of 4"), "{e}");
+    assert!(!e.contains("camera.formats"), "{e}");
     let text = edited("qemu-arm64", "fps = 30\nbitrate_kbps = 600", "fps = 60\nbitrate_kbps = 600");
     let e = error_of("qemu-arm64", &text);
     assert!(e.contains("encoder.fps: 60 fps but the camera gives 640x360 at 30 fps at most"), "{e}");
@@ -190,18 +203,15 @@ fn hardware_encoder_choice_needs_the_hardware() {
 }
 
 #[test]
-fn audio_must_suit_opus() {
+fn audio_must_suit_the_pipeline() {
     let text = edited(
         "qemu-arm64",
         "sample_rate = 48000\nchannels = 1\nperiod_ms = 20",
         "sample_rate = 44100\nchannels = 6\nperiod_ms = 25",
     );
     let e = error_of("qemu-arm64", &text);
-    assert!(
-        e.contains("audio.sample_rate: 44100 Hz: Opus encodes [8000, 12000, 16000, 24000, 48000] Hz"),
-        "{e}"
-    );
-    assert!(e.contains("audio.channels: 6: 1 (mono) or 2 (stereo)"), "{e}");
+    assert!(e.contains("audio.sample_rate: 44100 Hz: the pipeline runs at 48000 Hz"), "{e}");
+    assert!(e.contains("audio.channels: 6: the pipeline captures mono"), "{e}");
     assert!(e.contains("audio.period_ms: 25 ms"), "{e}");
 }
 

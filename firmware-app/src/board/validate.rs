@@ -13,10 +13,15 @@ const MAX_WIDTH: u32 = 4096;
 const MAX_HEIGHT: u32 = 2304;
 const MAX_MACROBLOCKS: u32 = 36_864;
 const MAX_FPS: u32 = 120;
-/// Sample rates Opus encodes natively.
-const OPUS_RATES: [u32; 5] = [8000, 12000, 16000, 24000, 48000];
-/// Frame lengths the capture pipeline uses (Opus also allows 2.5, 5, 40, 60 ms).
+/// The capture pipeline runs the microphone at 48 kHz mono S16 (`plughw:` converts a device that
+/// cannot) and Opus in 10 or 20 ms frames (Opus also allows 2.5, 5, 40, 60 ms).
+const PIPELINE_RATE: u32 = 48_000;
+const PIPELINE_CHANNELS: u8 = 1;
 const PERIODS_MS: [u32; 2] = [10, 20];
+/// What the pipeline encodes: sizes in multiples of 4 (I420 and the half-size simulcast layer),
+/// up to 3840x2160, up to 60 fps.
+const ENCODE_MAX: (u32, u32) = (3840, 2160);
+const ENCODE_MAX_FPS: u32 = 60;
 
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -114,11 +119,23 @@ fn audio(a: &AudioProfile, out: &mut Problems) {
     if a.playback.trim().is_empty() {
         out.add("audio.playback", "must name an ALSA PCM");
     }
-    if !OPUS_RATES.contains(&a.sample_rate) {
-        out.add("audio.sample_rate", format!("{} Hz: Opus encodes {OPUS_RATES:?} Hz", a.sample_rate));
+    if a.sample_rate != PIPELINE_RATE {
+        out.add(
+            "audio.sample_rate",
+            format!(
+                "{} Hz: the pipeline runs at {PIPELINE_RATE} Hz (use a plughw: PCM to convert)",
+                a.sample_rate
+            ),
+        );
     }
-    if !(1..=2).contains(&a.channels) {
-        out.add("audio.channels", format!("{}: 1 (mono) or 2 (stereo)", a.channels));
+    if a.channels != PIPELINE_CHANNELS {
+        out.add(
+            "audio.channels",
+            format!(
+                "{}: the pipeline captures mono (1); a plughw: PCM downmixes a stereo device",
+                a.channels
+            ),
+        );
     }
     if !PERIODS_MS.contains(&a.period_ms) {
         out.add("audio.period_ms", format!("{} ms: the pipeline uses {PERIODS_MS:?} ms frames", a.period_ms));
@@ -126,9 +143,17 @@ fn audio(a: &AudioProfile, out: &mut Problems) {
 }
 
 fn encoder(e: &EncoderProfile, cam: &CameraProfile, out: &mut Problems) {
-    frame_size("encoder", e.width, e.height, out);
-    if e.fps == 0 || e.fps > MAX_FPS {
-        out.add("encoder.fps", format!("{}: must be 1..={MAX_FPS}", e.fps));
+    if e.width == 0 || e.height == 0 || e.width % 4 != 0 || e.height % 4 != 0 {
+        out.add("encoder", format!("{}x{}: the pipeline encodes sizes in multiples of 4", e.width, e.height));
+    }
+    if e.width > ENCODE_MAX.0 || e.height > ENCODE_MAX.1 {
+        out.add(
+            "encoder",
+            format!("{}x{}: the pipeline encodes up to {}x{}", e.width, e.height, ENCODE_MAX.0, ENCODE_MAX.1),
+        );
+    }
+    if e.fps == 0 || e.fps > ENCODE_MAX_FPS {
+        out.add("encoder.fps", format!("{}: must be 1..={ENCODE_MAX_FPS}", e.fps));
     }
     if !(50..=50_000).contains(&e.bitrate_kbps) {
         out.add("encoder.bitrate_kbps", format!("{} kbit/s: must be 50..=50000", e.bitrate_kbps));
