@@ -31,6 +31,8 @@ use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, UsageType};
 use openh264::formats::{YUVSlices, YUVSource};
 use roombox::board::{BoardProfile, PixelFormat};
 use v4l::FourCC;
+
+mod gpio;
 use v4l::buffer::Type;
 use v4l::io::traits::CaptureStream;
 use v4l::prelude::*;
@@ -53,10 +55,13 @@ struct Args {
     board: String,
     frames: usize,
     audio_ms: u32,
+    /// Drive the panel on a real GPIO chip: `auto` (the first chip with four free lines), a
+    /// label, or `none`.
+    gpio: String,
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { board: "qemu-arm64".into(), frames: 60, audio_ms: 2000 };
+    let mut a = Args { board: "qemu-arm64".into(), frames: 60, audio_ms: 2000, gpio: "auto".into() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -64,7 +69,10 @@ fn args() -> Result<Args> {
             "--board" => a.board = value()?,
             "--frames" => a.frames = value()?.parse().context("--frames")?,
             "--audio-ms" => a.audio_ms = value()?.parse().context("--audio-ms")?,
-            other => bail!("unknown argument {other} (--board NAME --frames N --audio-ms MS)"),
+            "--gpio" => a.gpio = value()?,
+            other => bail!(
+                "unknown argument {other} (--board NAME --frames N --audio-ms MS --gpio auto|LABEL|none)"
+            ),
         }
     }
     Ok(a)
@@ -87,6 +95,13 @@ fn main() -> ExitCode {
             failures.push(format!("audio: {e:#}"));
         }
         report("audio.ms", t.elapsed().as_millis());
+        if a.gpio != "none" {
+            let t = Instant::now();
+            if let Err(e) = gpio::panel_on_real_lines(&a.gpio, &mut failures) {
+                failures.push(format!("gpio: {e:#}"));
+            }
+            report("gpio.ms", t.elapsed().as_millis());
+        }
         Ok(())
     })();
     if let Err(e) = result {
