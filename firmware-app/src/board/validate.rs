@@ -143,7 +143,7 @@ fn audio(a: &AudioProfile, out: &mut Problems) {
 }
 
 fn encoder(e: &EncoderProfile, cam: &CameraProfile, out: &mut Problems) {
-    if e.width == 0 || e.height == 0 || e.width % 4 != 0 || e.height % 4 != 0 {
+    if e.width == 0 || e.height == 0 || !e.width.is_multiple_of(4) || !e.height.is_multiple_of(4) {
         out.add("encoder", format!("{}x{}: the pipeline encodes sizes in multiples of 4", e.width, e.height));
     }
     if e.width > ENCODE_MAX.0 || e.height > ENCODE_MAX.1 {

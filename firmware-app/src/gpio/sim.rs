@@ -21,14 +21,26 @@ pub struct SimButton(Arc<Mutex<ButtonState>>);
 #[derive(Debug, Default)]
 struct ButtonState {
     held: bool,
-    /// Pressed until this instant (a press of a given length).
+    /// A press of this length, not yet seen by the driver.
+    pending: Option<Duration>,
+    /// Pressed until this instant.
     until: Option<Instant>,
 }
 
 impl SimButton {
-    fn pressed_at(&self, now: Instant) -> bool {
-        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The level a read at `now` sees. A timed press starts when the driver first reads it, so a
+    /// driver thread that was not scheduled for a while does not miss a click.
+    fn read(&self, now: Instant) -> bool {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hold) = s.pending.take() {
+            s.until = Some(now + hold);
+        }
         s.held || s.until.is_some_and(|u| now < u)
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.held || s.pending.is_some() || s.until.is_some_and(|u| now < u)
     }
 }
 
@@ -38,10 +50,10 @@ impl ErrorType for SimButton {
 
 impl InputPin for SimButton {
     fn is_high(&mut self) -> Result<bool, Infallible> {
-        Ok(self.pressed_at(Instant::now()))
+        Ok(self.read(Instant::now()))
     }
     fn is_low(&mut self) -> Result<bool, Infallible> {
-        Ok(!self.pressed_at(Instant::now()))
+        Ok(!self.read(Instant::now()))
     }
 }
 
@@ -128,12 +140,16 @@ impl SimulatedPanel {
     pub fn release(&self) {
         let mut s = self.button.0.lock().unwrap_or_else(PoisonError::into_inner);
         s.held = false;
+        s.pending = None;
         s.until = None;
     }
 
-    /// Presses the button for `hold` from now, without blocking.
+    /// Presses the button for `hold`, without blocking. The press starts when the driver next
+    /// samples the button (within [`SAMPLE_INTERVAL`](super::SAMPLE_INTERVAL) when it runs).
     pub fn press_for(&self, hold: Duration) {
-        self.button.0.lock().unwrap_or_else(PoisonError::into_inner).until = Some(Instant::now() + hold);
+        let mut s = self.button.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.pending = Some(hold);
+        s.until = None;
     }
 
     /// A short press: toggles mute (or leaves privacy mode).
@@ -153,7 +169,7 @@ impl SimulatedPanel {
 
     /// Whether the virtual button is down now (raw level, not debounced).
     pub fn button_down(&self) -> bool {
-        self.button.pressed_at(Instant::now())
+        self.button.is_down(Instant::now())
     }
 
     /// Tells the panel the room's state (see [`PanelHandle::update_room`]).
@@ -230,6 +246,25 @@ mod tests {
             long_press: Duration::from_millis(300),
             blink: Duration::from_millis(60),
         }
+    }
+
+    #[test]
+    fn a_timed_press_starts_when_the_driver_first_reads_it() {
+        let b = SimButton::default();
+        let t0 = Instant::now();
+        let press_for = |hold| {
+            let mut s = b.0.lock().unwrap();
+            s.pending = Some(hold);
+            s.until = None;
+        };
+        press_for(Duration::from_millis(50));
+        // The driver was not scheduled for a second: the click is still there, for 50 ms.
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(b.is_down(at(1000)));
+        assert!(b.read(at(1000)));
+        assert!(b.read(at(1049)));
+        assert!(!b.read(at(1050)));
+        assert!(!b.is_down(at(1050)));
     }
 
     #[test]
