@@ -14,6 +14,8 @@
 //! | [`tls`] | the owner's certificate or a self-signed one made on first boot |
 //! | [`events`] | SFU room events → store rows and metrics |
 //! | [`media`] | the room camera, microphone and speakers: capture, H.264/Opus, AEC, in-process publish |
+//! | [`board`] | board profiles (`boards/*.toml`): SoC, camera, audio, GPIO lines, capacity |
+//! | [`gpio`] | the mute button and LEDs: a sans-IO panel over `embedded-hal` |
 //! | [`daemon`] | start, run, graceful shutdown; the demo |
 //!
 //! ```no_run
@@ -31,10 +33,12 @@
 #![allow(clippy::field_reassign_with_default)]
 
 pub mod auth;
+pub mod board;
 pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod events;
+pub mod gpio;
 pub mod http;
 pub mod media;
 pub mod metrics;
