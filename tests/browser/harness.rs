@@ -1,0 +1,137 @@
+//! Self-tests of the browser harness, with no server of ours involved: headless
+//! Chromium's fake devices, ICE on the namespace's veth address, the DevTools
+//! driver, statistics, screenshots, a second namespace and a tc squeeze.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use roombox_tests::netns::{LAN_IP, LinkedNetns, Squeeze};
+use roombox_tests::stats::{RateMeter, total_inbound};
+use roombox_tests::{Browser, LaunchOptions, Tab, WebServer, artifacts_dir, wait_until};
+
+roombox_tests::browser_test_main!(loopback_call_decodes_fake_media, squeezed_link_lowers_the_received_rate);
+
+/// Two peer connections in one page: the fake camera is decoded (frames rise),
+/// the fake microphone's packets arrive, ICE used the veth address, and a
+/// screenshot shows the picture.
+async fn loopback_call_decodes_fake_media() -> anyhow::Result<()> {
+    let web = WebServer::start(([127, 0, 0, 1], 0).into(), None).await?;
+    let browser = Browser::launch(LaunchOptions { label: "loopback".into(), ..Default::default() }).await?;
+    let tab = browser.new_tab(&web.url("/pages/loopback.html")).await?;
+    tab.wait_for("the call to be set up", "window.ready === true", Duration::from_secs(20)).await?;
+
+    let first = wait_frames(&tab, 10, Duration::from_secs(20)).await?;
+    let later = wait_frames(&tab, first.0 + 30, Duration::from_secs(20)).await?;
+    ensure!(later.1 > first.1, "audio packets did not rise: {} then {}", first.1, later.1);
+
+    let candidates: Vec<String> = tab.eval_as("window.candidates").await?;
+    ensure!(
+        candidates.iter().any(|c| c.contains(&LAN_IP.to_string())),
+        "no ICE candidate on {LAN_IP}: {candidates:?}"
+    );
+    // The encoder starts small and grows with the bandwidth estimate.
+    let width = wait_until("the decoded picture to reach 1280 px", Duration::from_secs(30), async || {
+        let s = tab.stats().await?;
+        let w = s.iter().flat_map(|p| p.inbound_of("video")).map(|i| i.frame_width).max().unwrap_or(0);
+        ensure!(w == 1280, "decoded width {w}, wanted the 1280x720 asked of the fake camera");
+        Ok(w)
+    })
+    .await?;
+
+    let played: u64 = tab
+        .eval_as("document.getElementById('remote').getVideoPlaybackQuality().totalVideoFrames")
+        .await?;
+    ensure!(played > 0, "the <video> element rendered no frame");
+
+    let png = artifacts_dir().join("harness/loopback.png");
+    tab.screenshot(&png).await?;
+    println!("    decoded {} frames at {width} px, {} audio packets; screenshot {}", later.0, later.1, png.display());
+    Ok(())
+}
+
+/// (video frames decoded, audio packets received) once frames reach `at_least`.
+async fn wait_frames(tab: &Tab, at_least: u64, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+    wait_until(&format!("{at_least} frames decoded"), timeout, async || {
+        let s = tab.stats().await?;
+        let frames = total_inbound(&s, "video", |i| i.frames_decoded);
+        let packets = total_inbound(&s, "audio", |i| i.packets_received);
+        ensure!(frames >= at_least, "{frames} frames, {packets} audio packets");
+        Ok((frames, packets))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", tab.console_tail(20)))
+}
+
+/// A sender in our namespace, a receiver in a second one behind a veth pair:
+/// a 300 kbit/s tbf on our end pulls the received rate down, lifting it lets
+/// the rate climb back.
+async fn squeezed_link_lowers_the_received_rate() -> anyhow::Result<()> {
+    let link = LinkedNetns::create(1)?;
+    let web = WebServer::start((link.host_ip, 0).into(), None).await?;
+    let origin = format!("--unsafely-treat-insecure-origin-as-secure={}", web.url(""));
+    let sender_browser =
+        Browser::launch(LaunchOptions { label: "sender".into(), args: vec![origin.clone()], netns: None }).await?;
+    let receiver_browser = Browser::launch(LaunchOptions {
+        label: "receiver".into(),
+        args: vec![origin],
+        netns: Some(link.name.clone()),
+    })
+    .await?;
+    let url = web.url("/pages/peer.html");
+    let sender = sender_browser.new_tab(&url).await?;
+    let receiver = receiver_browser.new_tab(&url).await?;
+    for t in [&sender, &receiver] {
+        t.wait_for("page ready", "window.ready === true", Duration::from_secs(20)).await?;
+    }
+    let offer: String = sender.eval_as("window.startSender(1500)").await?;
+    let answer: String = receiver.eval_as(&format!("window.startReceiver({})", serde_json::to_string(&offer)?)).await?;
+    sender.eval(&format!("window.accept({})", serde_json::to_string(&answer)?)).await?;
+
+    let rate = |tab: Tab| async move {
+        let s = tab.stats().await?;
+        anyhow::Ok(total_inbound(&s, "video", |i| i.bytes_received))
+    };
+    let mut meter = RateMeter::new(Duration::from_secs(2));
+    let free = wait_until("the receiver to get over 700 kbit/s", Duration::from_secs(40), async || {
+        let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
+        match r {
+            Some(bps) if bps > 700_000.0 => Ok(bps),
+            other => anyhow::bail!("rate {other:?}"),
+        }
+    })
+    .await?;
+
+    let squeeze = Squeeze::apply(&link.host_dev, 300).context("tc tbf")?;
+    let t0 = Instant::now();
+    meter.reset();
+    let squeezed = wait_until("the received rate to fall under 400 kbit/s", Duration::from_secs(30), async || {
+        let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
+        match r {
+            Some(bps) if bps < 400_000.0 => Ok(bps),
+            other => anyhow::bail!("rate {other:?}"),
+        }
+    })
+    .await?;
+    let fell_after = t0.elapsed();
+
+    squeeze.lift()?;
+    let t1 = Instant::now();
+    meter.reset();
+    let recovered = wait_until("the received rate to climb over 700 kbit/s", Duration::from_secs(60), async || {
+        let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
+        match r {
+            Some(bps) if bps > 700_000.0 => Ok(bps),
+            other => anyhow::bail!("rate {other:?}"),
+        }
+    })
+    .await?;
+    println!(
+        "    free {:.0} kbit/s; squeezed to 300 kbit/s: {:.0} kbit/s after {:.1} s; lifted: {:.0} kbit/s after {:.1} s",
+        free / 1e3,
+        squeezed / 1e3,
+        fell_after.as_secs_f64(),
+        recovered / 1e3,
+        t1.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
