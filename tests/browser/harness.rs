@@ -9,7 +9,11 @@ use roombox_tests::netns::{LAN_IP, LinkedNetns, Squeeze};
 use roombox_tests::stats::{RateMeter, total_inbound};
 use roombox_tests::{Browser, LaunchOptions, Tab, WebServer, artifacts_dir, wait_until};
 
-roombox_tests::browser_test_main!(loopback_call_decodes_fake_media, squeezed_link_lowers_the_received_rate);
+roombox_tests::browser_test_main!(
+    loopback_call_decodes_fake_media,
+    squeezed_link_lowers_the_received_rate,
+    web_client_pages_load_cleanly,
+);
 
 /// Two peer connections in one page: the fake camera is decoded (frames rise),
 /// the fake microphone's packets arrive, ICE used the veth address, and a
@@ -133,5 +137,75 @@ async fn squeezed_link_lowers_the_received_rate() -> anyhow::Result<()> {
         recovered / 1e3,
         t1.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The web client's pages load without a server behind them and say what is
+/// wrong; the service worker installs and caches every shell file (so none is
+/// missing); the token helpers behave.
+async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
+    let web = WebServer::start(([127, 0, 0, 1], 0).into(), None).await?;
+    let browser = Browser::launch(LaunchOptions { label: "web-client".into(), ..Default::default() }).await?;
+
+    // No link: the start screen asks for one.
+    let tab = browser.new_tab(&web.url("/")).await?;
+    tab.wait_for("the start screen", "!document.getElementById('start').hidden", Duration::from_secs(10)).await?;
+    let cached: u64 = tab
+        .eval_as(
+            "(async () => { await navigator.serviceWorker.ready; \
+              const c = await caches.open('roombox-shell-v1'); return (await c.keys()).length; })()",
+        )
+        .await?;
+    ensure!(cached >= 19, "the service worker cached {cached} shell files");
+    let manifest: serde_json::Value = tab.eval_as("fetch('/manifest.webmanifest').then(r => r.json())").await?;
+    ensure!(manifest["icons"].as_array().is_some_and(|i| !i.is_empty()), "manifest: {manifest}");
+
+    // Pure helpers, in the browser that runs them.
+    let checks: serde_json::Value = tab
+        .eval_as(
+            r#"(async () => {
+              const { jwtClaims } = await import('/js/auth.js');
+              const { scoreFrom } = await import('/js/quality.js');
+              const b64 = (o) => btoa(String.fromCharCode(...new TextEncoder().encode(JSON.stringify(o)))).replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
+              const tok = `${b64({ alg: 'HS256' })}.${b64({ sub: 'zoë', room: 'r1', exp: 5 })}.sig`;
+              return {
+                claims: jwtClaims(tok),
+                garbage: jwtClaims('not-a-token'),
+                good: scoreFrom({ connected: true, rttMs: 20, lossFraction: 0, bandwidthLimited: false }),
+                lossy: scoreFrom({ connected: true, rttMs: 20, lossFraction: 0.05, bandwidthLimited: false }),
+                lost: scoreFrom({ connected: false, rttMs: 0, lossFraction: 0, bandwidthLimited: false }),
+              };
+            })()"#,
+        )
+        .await?;
+    ensure!(checks["claims"]["sub"] == "zoë" && checks["claims"]["room"] == "r1", "{checks}");
+    ensure!(checks["garbage"].is_null(), "{checks}");
+    ensure!(checks["good"] == 3 && checks["lossy"] == 2 && checks["lost"] == 0, "{checks}");
+
+    // A link but no room server: the preview plays, joining says it is reconnecting,
+    // and the token is gone from the address bar.
+    let tab = browser.new_tab(&web.url("/?room=r1&token=abc.def.ghi")).await?;
+    tab.wait_for("the preview", "document.getElementById('preview').videoWidth > 0", Duration::from_secs(15)).await?;
+    let href: String = tab.eval_as("location.href").await?;
+    ensure!(!href.contains("token"), "the token is still in the address bar: {href}");
+    tab.eval("document.getElementById('join').click()").await?;
+    tab.wait_for(
+        "a reconnecting message",
+        "document.body.dataset.state === 'reconnecting' && /Reconnecting/.test(document.getElementById('status').textContent)",
+        Duration::from_secs(15),
+    )
+    .await?;
+
+    // The TV page without a link, and the admin page without a session.
+    let tab = browser.new_tab(&web.url("/display")).await?;
+    tab.wait_for("the display's error", "/display link/.test(document.getElementById('status').textContent)", Duration::from_secs(10))
+        .await?;
+    let tab2 = browser.new_tab(&web.url("/admin")).await?;
+    tab2.wait_for("the admin login", "!document.getElementById('login').hidden", Duration::from_secs(10)).await?;
+
+    for t in [&tab, &tab2] {
+        let uncaught: Vec<String> = t.console().into_iter().filter(|l| l.starts_with("[uncaught]")).collect();
+        ensure!(uncaught.is_empty(), "{}: {uncaught:?}", t.label());
+    }
     Ok(())
 }
