@@ -10,6 +10,7 @@
 //! never blocks the capture thread; when the engine is behind, the packet is
 //! dropped and counted (a video encoder then gets a keyframe request).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -90,12 +91,13 @@ pub struct LocalPacket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedPacket {
     /// Room-unique track id (see [`crate::protocol::TrackInfo::id`]).
-    pub track: String,
+    /// Shared, not copied, per packet.
+    pub track: Arc<str>,
     /// Identity of the publisher.
-    pub from: String,
+    pub from: Arc<str>,
     pub kind: TrackKind,
     /// Codec name as in SDP (`"opus"`, `"H264"`, `"VP8"`).
-    pub codec: String,
+    pub codec: Arc<str>,
     /// Sequence number, continuous per track across layer switches.
     pub seq: u16,
     pub timestamp: u32,

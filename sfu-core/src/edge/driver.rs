@@ -1,0 +1,364 @@
+//! The driver: one thread, a current-thread tokio runtime, owning the UDP
+//! socket, the ICE-TCP listener and the [`Engine`]. It `select!`s over socket
+//! readiness, requests from the [`crate::Sfu`] handle and the engine's next
+//! deadline, and after every input drains the engine's outputs.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Instant, SystemTime};
+
+use str0m::net::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::Rfc4571;
+use super::udp::{RecvBatch, recv_batch, send_batch};
+use crate::engine::{Engine, Joined, Output, ParticipantId, RemoteJoin};
+use crate::error::SfuError;
+use crate::local::{LocalEvent, LocalJoin, LocalPacket};
+use crate::protocol::{ClientMessage, ServerMessage, TrackKind};
+use crate::server::{LeaveReason, RoomEvent, RoomSnapshot, SfuStats};
+
+/// Requests from the handle to the driver.
+pub(crate) enum Request {
+    Join {
+        join: RemoteJoin,
+        signals: Option<mpsc::Sender<ServerMessage>>,
+        reply: oneshot::Sender<Result<Joined, SfuError>>,
+    },
+    JoinLocal {
+        join: LocalJoin,
+        events: mpsc::Sender<LocalEvent>,
+        reply: oneshot::Sender<Result<ParticipantId, SfuError>>,
+    },
+    Client(ParticipantId, ClientMessage),
+    Patch {
+        resource: String,
+        room: String,
+        frag: String,
+        reply: oneshot::Sender<Result<Option<String>, SfuError>>,
+    },
+    LeaveResource {
+        resource: String,
+        room: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Leave(ParticipantId, LeaveReason),
+    LocalPacket(ParticipantId, LocalPacket),
+    LocalMute {
+        id: ParticipantId,
+        track: usize,
+        muted: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Rooms(oneshot::Sender<Vec<RoomSnapshot>>),
+    Stats(oneshot::Sender<SfuStats>),
+    Kick {
+        room: String,
+        identity: String,
+        reason: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Mute {
+        room: String,
+        identity: String,
+        kind: TrackKind,
+        muted: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum TcpEvent {
+    Opened { peer: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    Packet { peer: SocketAddr, local: SocketAddr, data: Vec<u8> },
+    Closed { peer: SocketAddr },
+}
+
+pub(crate) struct DriverParts {
+    pub engine: Engine,
+    pub udp: std::net::UdpSocket,
+    pub tcp: Option<std::net::TcpListener>,
+    /// Destination address the engine sees for a datagram that arrived on `ip`
+    /// (maps interface IPs to `announce_ips` behind a 1:1 NAT).
+    pub dest_map: Vec<(IpAddr, IpAddr)>,
+    pub requests: mpsc::Receiver<Request>,
+    pub control: mpsc::UnboundedReceiver<Request>,
+    pub events: broadcast::Sender<RoomEvent>,
+}
+
+pub(crate) fn run(parts: DriverParts) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(drive(parts))
+}
+
+#[derive(Default)]
+struct Sinks {
+    signals: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
+    locals: HashMap<ParticipantId, mpsc::Sender<LocalEvent>>,
+}
+
+async fn drive(parts: DriverParts) -> io::Result<()> {
+    let DriverParts { mut engine, udp, tcp, dest_map, mut requests, mut control, events } = parts;
+    udp.set_nonblocking(true)?;
+    let udp = UdpSocket::from_std(udp)?;
+    let udp_local = udp.local_addr()?;
+    let fd = udp.as_raw_fd();
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(1024);
+    if let Some(l) = tcp {
+        l.set_nonblocking(true)?;
+        let l = TcpListener::from_std(l)?;
+        tokio::spawn(accept_loop(l, tcp_tx.clone()));
+    }
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut sinks = Sinks::default();
+    let mut batch = RecvBatch::default();
+    let mut out_udp: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(256);
+    let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
+
+    loop {
+        // 1. drain the engine
+        let deadline = loop {
+            match engine.poll_output() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => match t.proto {
+                    Protocol::Udp => out_udp.push((t.destination, t.contents.into())),
+                    Protocol::Tcp => {
+                        if let (Some(w), Some(f)) = (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents)) {
+                            let _ = w.try_send(f);
+                        }
+                    }
+                    _ => {}
+                },
+                Output::Signal(id, msg) => {
+                    if let Some(s) = sinks.signals.get(&id) {
+                        if s.try_send(msg).is_err() {
+                            // a client that does not read its socket is dropped, the room goes on
+                            tracing::info!(participant = id, "signaling backlog full: dropping client");
+                            sinks.signals.remove(&id);
+                            engine.leave(Instant::now(), id, LeaveReason::ConnectionLost);
+                        }
+                    }
+                }
+                Output::Local(id, ev) => {
+                    if let Some(s) = sinks.locals.get(&id) {
+                        let _ = s.try_send(ev);
+                    }
+                }
+                Output::Room(ev) => {
+                    let _ = events.send(ev);
+                }
+                Output::Gone(id, _) => {
+                    sinks.signals.remove(&id);
+                    sinks.locals.remove(&id);
+                }
+            }
+        };
+        // 2. send what was produced, batched
+        if !out_udp.is_empty() {
+            let items: Vec<(SocketAddr, &[u8])> = out_udp.iter().map(|(a, d)| (*a, &d[..])).collect();
+            let mut off = 0;
+            while off < items.len() {
+                match send_batch(fd, &items[off..]) {
+                    Ok(n) if n > 0 => off += n,
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if udp.writable().await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp send failed");
+                        off += 1; // skip the offending datagram (unreachable address etc.)
+                    }
+                }
+            }
+            drop(items);
+            out_udp.clear();
+        }
+        if let Some(r) = shutdown_reply.take() {
+            let _ = r.send(());
+            return Ok(());
+        }
+        // 3. wait for the next input
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::select! {
+            biased;
+            r = control.recv() => match r {
+                Some(req) => handle(&mut engine, &mut sinks, req, &mut shutdown_reply),
+                None => {}
+            },
+            r = udp.readable() => {
+                if r.is_ok() {
+                    for _ in 0..8 {
+                        match udp.try_io(tokio::io::Interest::READABLE, || recv_batch(fd, &mut batch)) {
+                            Ok(_) => {
+                                let now = Instant::now();
+                                for (m, data) in batch.iter() {
+                                    if m.truncated || m.len == 0 {
+                                        continue;
+                                    }
+                                    let dest_ip = m.dest_ip.unwrap_or(udp_local.ip());
+                                    let dest_ip = dest_map.iter().find(|(a, _)| *a == dest_ip).map(|x| x.1).unwrap_or(dest_ip);
+                                    let dest = SocketAddr::new(dest_ip, udp_local.port());
+                                    engine.handle_receive(now, Protocol::Udp, m.source, dest, data);
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => { tracing::debug!(error = %e, "udp receive failed"); break; }
+                        }
+                    }
+                }
+            }
+            r = tcp_rx.recv() => match r {
+                Some(TcpEvent::Opened { peer, writer }) => { tcp_writers.insert(peer, writer); }
+                Some(TcpEvent::Packet { peer, local, data }) => {
+                    let local = dest_map.iter().find(|(a, _)| *a == local.ip()).map(|x| SocketAddr::new(x.1, local.port())).unwrap_or(local);
+                    engine.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
+                }
+                Some(TcpEvent::Closed { peer }) => { tcp_writers.remove(&peer); }
+                None => {}
+            },
+            r = requests.recv() => match r {
+                Some(req) => handle(&mut engine, &mut sinks, req, &mut shutdown_reply),
+                None => {
+                    // every handle is gone: stop
+                    engine.shutdown(Instant::now());
+                    let (tx, _rx) = oneshot::channel();
+                    shutdown_reply = Some(tx);
+                }
+            },
+            _ = sleep => engine.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+fn handle(engine: &mut Engine, sinks: &mut Sinks, req: Request, shutdown: &mut Option<oneshot::Sender<()>>) {
+    let now = Instant::now();
+    match req {
+        Request::Join { join, signals, reply } => {
+            // the sink must exist before the engine's first output for this peer
+            let r = engine.join(now, join);
+            if let (Ok(j), Some(s)) = (&r, signals) {
+                sinks.signals.insert(j.id, s);
+            }
+            let _ = reply.send(r);
+        }
+        Request::JoinLocal { join, events, reply } => {
+            let r = engine.join_local(now, join);
+            if let Ok(id) = &r {
+                sinks.locals.insert(*id, events);
+            }
+            let _ = reply.send(r);
+        }
+        Request::Client(id, msg) => engine.client_message(now, id, msg),
+        Request::Patch { resource, room, frag, reply } => {
+            let r = match engine.participant_by_resource(&resource) {
+                Some(id) if engine.participant_identity(id).map(|x| x.0) == Some(room.as_str()) => {
+                    engine.patch(now, id, &frag)
+                }
+                _ => Err(SfuError::NoSuchParticipant { room, identity: resource }),
+            };
+            let _ = reply.send(r);
+        }
+        Request::LeaveResource { resource, room, reply } => {
+            let r = match engine.participant_by_resource(&resource) {
+                Some(id) if engine.participant_identity(id).map(|x| x.0) == Some(room.as_str()) => {
+                    engine.leave(now, id, LeaveReason::Left);
+                    Ok(())
+                }
+                _ => Err(SfuError::NoSuchParticipant { room, identity: resource }),
+            };
+            let _ = reply.send(r);
+        }
+        Request::Leave(id, reason) => engine.leave(now, id, reason),
+        Request::LocalPacket(id, p) => engine.local_packet(now, id, p),
+        Request::LocalMute { id, track, muted, reply } => {
+            let _ = reply.send(engine.set_local_muted(now, id, track, muted));
+        }
+        Request::Rooms(r) => {
+            let _ = r.send(engine.rooms());
+        }
+        Request::Stats(r) => {
+            let _ = r.send(engine.stats());
+        }
+        Request::Kick { room, identity, reason, reply } => {
+            let _ = reply.send(engine.kick(now, &room, &identity, &reason));
+        }
+        Request::Mute { room, identity, kind, muted, reply } => {
+            let _ = reply.send(engine.admin_mute(now, &room, &identity, kind, muted));
+        }
+        Request::Shutdown(reply) => {
+            engine.shutdown(now);
+            *shutdown = Some(reply);
+        }
+    }
+}
+
+async fn accept_loop(l: TcpListener, tx: mpsc::Sender<TcpEvent>) {
+    loop {
+        let Ok((stream, peer)) = l.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
+        if tx.send(TcpEvent::Opened { peer, writer: wtx }).await.is_err() {
+            return;
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (mut r, mut w) = stream.into_split();
+            let writer = tokio::spawn(async move {
+                while let Some(f) = wrx.recv().await {
+                    if w.write_all(&f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut framer = Rfc4571::default();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        framer.push(&buf[..n]);
+                        while let Some(data) = framer.next_packet() {
+                            if tx.send(TcpEvent::Packet { peer, local, data }).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            writer.abort();
+            let _ = tx.send(TcpEvent::Closed { peer }).await;
+        });
+    }
+}
+
+/// Build the engine's view of the sockets.
+pub(crate) fn engine_for(
+    config: &crate::config::SfuConfig,
+    udp_port: u16,
+    tcp_port: Option<u16>,
+) -> (Engine, Vec<(IpAddr, IpAddr)>) {
+    let ips = super::advertised_ips(config);
+    let candidates = super::candidates(&ips, udp_port, tcp_port);
+    // 1:1 NAT: datagrams arrive on the interface address but ICE knows the announced one
+    let mut dest_map = Vec::new();
+    if !config.announce_ips.is_empty() {
+        for ip in super::interface_ips(true) {
+            if let Some(a) = config.announce_ips.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) {
+                dest_map.push((ip, *a));
+            }
+        }
+    }
+    let engine = Engine::new(config.clone(), candidates, Instant::now(), SystemTime::now());
+    (engine, dest_map)
+}
+

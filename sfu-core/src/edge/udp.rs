@@ -1,0 +1,251 @@
+//! Batched UDP I/O: `recvmmsg(2)` with `IP_PKTINFO` (so one socket bound to
+//! the wildcard address still learns each datagram's destination address,
+//! which ICE needs) and `sendmmsg(2)`. A small safe wrapper over libc; the
+//! buffers are allocated once and reused.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+/// Largest datagram accepted (bigger ones are truncated and dropped).
+pub const MAX_DATAGRAM: usize = 2048;
+const CMSG_SPACE: usize = 128;
+
+/// One received datagram's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    pub len: usize,
+    pub source: SocketAddr,
+    /// Destination IP from `IP_PKTINFO` / `IPV6_PKTINFO`, when the kernel gave it.
+    pub dest_ip: Option<IpAddr>,
+    pub truncated: bool,
+}
+
+/// Reusable receive buffers for [`recv_batch`].
+pub struct RecvBatch {
+    bufs: Vec<[u8; MAX_DATAGRAM]>,
+    names: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<[u8; CMSG_SPACE]>,
+    meta: Vec<RecvMeta>,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            bufs: vec![[0u8; MAX_DATAGRAM]; BATCH],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            names: vec![unsafe { zeroed() }; BATCH],
+            cmsgs: vec![[0u8; CMSG_SPACE]; BATCH],
+            meta: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+impl RecvBatch {
+    /// The datagrams of the last [`recv_batch`].
+    pub fn iter(&self) -> impl Iterator<Item = (&RecvMeta, &[u8])> {
+        self.meta.iter().zip(self.bufs.iter()).map(|(m, b)| (m, &b[..m.len]))
+    }
+}
+
+/// Ask the kernel for each datagram's destination address.
+pub fn enable_pktinfo(sock: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let (level, opt) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: valid fd, pointer to a c_int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            &one as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: family says this storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says this storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+fn from_socket_addr(a: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
+            let s: &mut libc::sockaddr_in = unsafe { &mut *(out as *mut _ as *mut libc::sockaddr_in) };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_port = v4.port().to_be();
+            s.sin_addr = libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in6.
+            let s: &mut libc::sockaddr_in6 = unsafe { &mut *(out as *mut _ as *mut libc::sockaddr_in6) };
+            s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            s.sin6_port = v6.port().to_be();
+            s.sin6_addr = libc::in6_addr { s6_addr: v6.ip().octets() };
+            s.sin6_flowinfo = v6.flowinfo();
+            s.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn parse_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: msg was filled by the kernel; the CMSG_* macros walk its control buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
+            }
+            if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
+}
+
+/// Receive up to [`BATCH`] datagrams without blocking. `Ok(0)` never happens:
+/// no data is `Err(WouldBlock)`.
+pub fn recv_batch(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
+    batch.meta.clear();
+    // SAFETY: iovecs/msghdrs point into `batch`'s buffers, which outlive the call;
+    // lengths are the buffers' real sizes.
+    unsafe {
+        let mut iovs: [libc::iovec; BATCH] = zeroed();
+        let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec { iov_base: batch.bufs[i].as_mut_ptr() as *mut libc::c_void, iov_len: MAX_DATAGRAM };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = &mut batch.names[i] as *mut _ as *mut libc::c_void;
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = batch.cmsgs[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = CMSG_SPACE as _;
+        }
+        let n = libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut());
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for m in msgs.iter().take(n) {
+            let idx = batch.meta.len();
+            let Some(source) = to_socket_addr(&batch.names[idx]) else {
+                batch.meta.push(RecvMeta {
+                    len: 0,
+                    source: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    dest_ip: None,
+                    truncated: true,
+                });
+                continue;
+            };
+            batch.meta.push(RecvMeta {
+                len: (m.msg_len as usize).min(MAX_DATAGRAM),
+                source,
+                dest_ip: parse_pktinfo(&m.msg_hdr),
+                truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// Send datagrams with as few `sendmmsg` calls as possible. Returns how many
+/// were handed to the kernel (stops early on `WouldBlock`).
+pub fn send_batch(fd: RawFd, items: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+    let mut sent = 0;
+    for chunk in items.chunks(BATCH) {
+        // SAFETY: every pointer refers to `items` or to locals that outlive the call.
+        let n = unsafe {
+            let mut names: [libc::sockaddr_storage; BATCH] = zeroed();
+            let mut iovs: [libc::iovec; BATCH] = zeroed();
+            let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
+            for (i, (addr, data)) in chunk.iter().enumerate() {
+                let len = from_socket_addr(addr, &mut names[i]);
+                iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+                let h = &mut msgs[i].msg_hdr;
+                h.msg_name = &mut names[i] as *mut _ as *mut libc::c_void;
+                h.msg_namelen = len;
+                h.msg_iov = &mut iovs[i];
+                h.msg_iovlen = 1;
+            }
+            libc::sendmmsg(fd, msgs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock && sent > 0 {
+                return Ok(sent);
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+        if (n as usize) < chunk.len() {
+            return Ok(sent);
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn batch_roundtrip_with_destination_address() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("0.0.0.0:0").unwrap();
+        enable_pktinfo(&b, false).unwrap();
+        let b_addr = SocketAddr::from(([127, 0, 0, 1], b.local_addr().unwrap().port()));
+        let payloads: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 10 + i as usize]).collect();
+        let items: Vec<(SocketAddr, &[u8])> = payloads.iter().map(|p| (b_addr, &p[..])).collect();
+        assert_eq!(send_batch(a.as_raw_fd(), &items).unwrap(), 40);
+        let mut batch = RecvBatch::default();
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            match recv_batch(b.as_raw_fd(), &mut batch) {
+                Ok(_) => {
+                    for (m, d) in batch.iter() {
+                        assert_eq!(m.source, a.local_addr().unwrap());
+                        assert_eq!(m.dest_ip, Some(IpAddr::from([127, 0, 0, 1])));
+                        got.push(d.to_vec());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, payloads);
+        assert_eq!(recv_batch(b.as_raw_fd(), &mut batch).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+}

@@ -1,0 +1,697 @@
+//! The hot path: a publisher's packet to every subscriber's down-track, plus
+//! layer allocation, keyframe requests and speaker following.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+
+use super::*;
+use crate::local::{LocalPacket, ReceivedPacket};
+use crate::media::forwarder::{Decision, layer_for_budget, layer_for_size};
+use crate::media::keyframe::is_keyframe;
+
+/// One incoming packet, from a remote publisher or a local one.
+pub(super) struct InPacket {
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    /// Known keyframe (local publishers say so); `None`: inspect the payload.
+    pub keyframe: Option<bool>,
+}
+
+/// Assumed layer bitrates until measured (q, h, f), bits/s.
+const DEFAULT_LAYER_BPS: [u64; 3] = [150_000, 500_000, 1_500_000];
+/// Downlink reserved for each audio down-track.
+const AUDIO_BPS: u64 = 64_000;
+
+fn source_id(tk: TrackKey, layer: usize, generation: u32) -> u64 {
+    (tk << 24) ^ ((layer as u64) << 20) ^ u64::from(generation)
+}
+
+fn video_format(codec: Codec) -> VideoFormat {
+    match codec {
+        Codec::Vp8 => VideoFormat::Vp8,
+        Codec::Vp9 => VideoFormat::Vp9,
+        Codec::H264 => VideoFormat::H264,
+        Codec::Av1 => VideoFormat::Av1,
+        _ => VideoFormat::Other,
+    }
+}
+
+fn codec_label(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Opus => "opus",
+        Codec::Vp8 => "VP8",
+        Codec::Vp9 => "VP9",
+        Codec::H264 => "H264",
+        Codec::Av1 => "AV1",
+        _ => "other",
+    }
+}
+
+/// The subscriber's payload type for a source codec: same codec, and for
+/// H.264 the same packetization mode and (preferably) profile.
+pub(super) fn resolve_pt(rtc: &Rtc, mid: Mid, codec: Codec, format: &FormatParams) -> Option<Pt> {
+    let media = rtc.media(mid)?;
+    let remote = media.remote_pts();
+    let mut best: Option<(i32, Pt)> = None;
+    for p in rtc.codec_config().params() {
+        if !remote.contains(&p.pt()) || p.spec().codec != codec {
+            continue;
+        }
+        let f = p.spec().format;
+        let mut score = 0;
+        if codec == Codec::H264 {
+            let pm = |x: Option<u8>| x.unwrap_or(0);
+            if pm(f.packetization_mode) != pm(format.packetization_mode) {
+                continue;
+            }
+            let (a, b) = (f.profile_level_id.unwrap_or(0x42001f), format.profile_level_id.unwrap_or(0x42e01f));
+            if a >> 8 == b >> 8 {
+                score += 4;
+            } else if a >> 16 == b >> 16 {
+                score += 2;
+            }
+        }
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, p.pt()));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+impl Engine {
+    pub(super) fn on_rtp(&mut self, now: Instant, id: ParticipantId, pkt: RtpPacket) {
+        let ssrc = pkt.header.ssrc;
+        let Some(p) = self.participants.get_mut(&id) else { return };
+        let found = p.rx.iter().find(|e| e.0 == ssrc).map(|e| (e.1, e.2 as usize));
+        let (tk, layer) = match found {
+            Some(x) => x,
+            None => {
+                // a new incoming stream: which track/layer is it?
+                let Some(rtc) = p.rtc.as_mut() else { return };
+                let mut api = rtc.direct_api();
+                let Some(rx) = api.stream_rx(&ssrc) else { return };
+                let (mid, rid) = (rx.mid(), rx.rid());
+                let hit = p.published.iter().find_map(|tk| {
+                    let t = self.tracks.get(tk)?;
+                    if t.mid != Some(mid) {
+                        return None;
+                    }
+                    let l = if t.layers.len() == 1 {
+                        0
+                    } else {
+                        t.layers.iter().position(|l| l.rid == rid)?
+                    };
+                    Some((*tk, l))
+                });
+                let Some((tk, l)) = hit else {
+                    self.counters.dropped_packets += 1;
+                    return;
+                };
+                p.rx.retain(|e| !(e.1 == tk && e.2 as usize == l));
+                p.rx.push((ssrc, tk, l as u8));
+                if let Some(t) = self.tracks.get_mut(&tk) {
+                    let layer = &mut t.layers[l];
+                    if layer.ssrc.is_some() && layer.ssrc != Some(ssrc) {
+                        // publisher restarted this layer: a new source for every down-track
+                        layer.generation = layer.generation.wrapping_add(1);
+                    }
+                    layer.ssrc = Some(ssrc);
+                }
+                self.request_keyframes_for_track(now, tk);
+                (tk, l)
+            }
+        };
+        let Some(p) = self.participants.get_mut(&id) else { return };
+        p.publish_bytes.add(now, pkt.payload.len());
+        // codec by payload type (first packet, or a codec change)
+        let pt = pkt.header.payload_type;
+        if let Some(t) = self.tracks.get_mut(&tk) {
+            if t.last_pt != Some(pt) {
+                t.last_pt = Some(pt);
+                let spec = p
+                    .rtc
+                    .as_ref()
+                    .and_then(|r| r.codec_config().params().iter().find(|x| x.pt() == pt).map(|x| x.spec()));
+                if let Some(spec) = spec {
+                    if t.codec != Some(spec.codec) || t.format != spec.format {
+                        t.codec = Some(spec.codec);
+                        t.codec_name = Arc::from(codec_label(spec.codec));
+                        t.format = spec.format;
+                        t.clock_rate = spec.clock_rate.get();
+                        t.video_format = video_format(spec.codec);
+                        for s in t.subscribers.iter() {
+                            if let Some(sp) = self.participants.get_mut(s) {
+                                for d in sp.downtracks.iter_mut().filter(|d| d.source == Some(tk)) {
+                                    d.pt = None;
+                                    d.rewriter.set_clock_rate(t.clock_rate);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let inp = InPacket {
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            payload: pkt.payload,
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            keyframe: None,
+        };
+        self.forward(now, tk, layer, inp);
+    }
+
+    /// A packet from a local publisher.
+    pub fn local_packet(&mut self, now: Instant, id: ParticipantId, pkt: LocalPacket) {
+        let Some(p) = self.participants.get_mut(&id) else { return };
+        let Some(&tk) = p.published.get(pkt.track) else {
+            self.counters.dropped_packets += 1;
+            return;
+        };
+        p.publish_bytes.add(now, pkt.payload.len());
+        let Some(t) = self.tracks.get_mut(&tk) else { return };
+        let Some(layer) = t.layers.get_mut(pkt.layer) else {
+            self.counters.dropped_packets += 1;
+            return;
+        };
+        let seq = layer.seq.extend(pkt.seq);
+        let inp = InPacket {
+            seq,
+            ts: pkt.timestamp,
+            marker: pkt.marker,
+            // one copy per local packet (not per subscriber): Bytes -> Arc<[u8]> for str0m
+            payload: Arc::from(&pkt.payload[..]),
+            audio_level: pkt.audio_level.map(|l| -(l.min(127) as i8)),
+            voice_activity: None,
+            keyframe: Some(pkt.keyframe),
+        };
+        self.forward(now, tk, pkt.layer, inp);
+        self.process(now);
+    }
+
+    /// Forward one packet of `tk`/`layer` to every subscriber.
+    pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, layer: usize, pkt: InPacket) {
+        let Engine { tracks, participants, rooms, out, work, counters, to_remove, .. } = self;
+        let Some(t) = tracks.get_mut(&tk) else { return };
+        let Some(l) = t.layers.get_mut(layer) else { return };
+        l.meter.add(now, pkt.payload.len());
+        let generation = l.generation;
+        let room = rooms.get_mut(&t.room);
+        if t.kind == TrackKind::Audio {
+            if let (Some(level), Some(room)) = (pkt.audio_level, room) {
+                if !(t.muted || t.admin_muted) {
+                    room.speaker.observe(t.owner, level.unsigned_abs().min(127));
+                }
+            }
+        }
+        if t.muted || t.admin_muted {
+            return;
+        }
+        let video = t.kind == TrackKind::Video;
+        let keyframe = video && pkt.keyframe.unwrap_or_else(|| is_keyframe(t.video_format, &pkt.payload));
+        let src = source_id(tk, layer, generation);
+        let len = pkt.payload.len() as u64;
+        let mut sent = 0u64;
+        for sid in t.subscribers.iter() {
+            let Some(s) = participants.get_mut(sid) else { continue };
+            let Some(d) = s.downtracks.iter_mut().find(|d| d.source == Some(tk)) else { continue };
+            if !d.ready {
+                continue;
+            }
+            // decide
+            let decision = if video {
+                match d.selector.decide(layer, keyframe) {
+                    Decision::Forward if d.rewriter.source() != Some(src) => {
+                        // same layer, new source (publisher restart): restart at a keyframe
+                        if keyframe {
+                            Decision::Switch
+                        } else {
+                            d.selector.reset();
+                            Decision::Drop
+                        }
+                    }
+                    x => x,
+                }
+            } else if layer != 0 {
+                Decision::Drop
+            } else if d.rewriter.source() != Some(src) {
+                Decision::Switch
+            } else {
+                Decision::Forward
+            };
+            let w = match decision {
+                Decision::Drop => continue,
+                Decision::Forward => match d.rewriter.rewrite(src, pkt.seq, pkt.ts, now) {
+                    Some(w) => w,
+                    None => continue,
+                },
+                Decision::Switch => d.rewriter.switch_to(src, pkt.seq, pkt.ts, now),
+            };
+            match (&mut s.rtc, d.mid) {
+                (Some(rtc), Some(mid)) => {
+                    if d.pt.is_none() {
+                        if let Some(codec) = t.codec {
+                            d.pt = resolve_pt(rtc, mid, codec, &t.format);
+                        }
+                    }
+                    let Some(pt) = d.pt else {
+                        counters.dropped_packets += 1;
+                        continue;
+                    };
+                    let mut api = rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+                    let ext = ExtensionValues {
+                        audio_level: pkt.audio_level,
+                        voice_activity: pkt.voice_activity,
+                        ..Default::default()
+                    };
+                    tx.write_rtp(
+                        RtpWrite::new(pt, w.seq.into(), w.timestamp, now, pkt.payload.clone())
+                            .marker(pkt.marker)
+                            .ext_vals(ext)
+                            .nackable(video),
+                    );
+                    drain_rtc(s, out, work);
+                    if s.failed && !to_remove.iter().any(|x| x.0 == *sid) {
+                        to_remove.push((*sid, LeaveReason::ConnectionLost));
+                    }
+                }
+                (None, _) => {
+                    out.push_back(Output::Local(
+                        *sid,
+                        LocalEvent::Rtp(ReceivedPacket {
+                            track: t.id.clone(),
+                            from: t.owner_identity.clone(),
+                            kind: t.kind,
+                            codec: t.codec_name.clone(),
+                            seq: w.seq as u16,
+                            timestamp: w.timestamp,
+                            marker: pkt.marker,
+                            audio_level: pkt.audio_level.map(|l| l.unsigned_abs().min(127)),
+                            payload: bytes::Bytes::from_owner(ArcBytes(pkt.payload.clone())),
+                        }),
+                    ));
+                }
+                _ => continue,
+            }
+            sent += 1;
+        }
+        counters.forwarded_packets += sent;
+        counters.forwarded_bytes += sent * len;
+        if let Some(r) = self.rooms.get_mut(&self.tracks[&tk].room) {
+            r.forwarded_packets += sent;
+            r.forwarded_bytes += sent * len;
+        }
+    }
+
+    // ------------------------------------------------------- subscriptions
+
+    /// Subscribe `sid` to track `tk` (room protocol: negotiated in the next server offer).
+    pub(super) fn subscribe(&mut self, now: Instant, sid: ParticipantId, tk: TrackKey, width: Option<u32>) {
+        let Some(t) = self.tracks.get(&tk) else { return };
+        let kind = t.kind;
+        let clock = t.clock_rate;
+        let Some(s) = self.participants.get_mut(&sid) else { return };
+        if let Some(d) = s.downtracks.iter_mut().find(|d| d.source == Some(tk)) {
+            d.want_width = width;
+            return;
+        }
+        if s.neg.wanted.contains(&tk) || s.neg.pending.as_ref().is_some_and(|p| p.added.contains(&tk)) {
+            return;
+        }
+        if s.is_local() {
+            let d = new_downtrack(sid, tk, kind, clock, Bind::Track, None, None, true, width);
+            s.downtracks.push(d);
+            if let Some(t) = self.tracks.get_mut(&tk) {
+                t.subscribers.push(sid);
+            }
+            self.allocate_one(now, sid);
+            self.request_keyframes_for_track(now, tk);
+        } else if s.is_room_client() {
+            s.neg.wanted.push(tk);
+            self.maybe_offer(now, sid);
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, now: Instant, sid: ParticipantId, tk: TrackKey) {
+        let Some(s) = self.participants.get_mut(&sid) else { return };
+        s.neg.wanted.retain(|x| *x != tk);
+        if let Some(i) = s.downtracks.iter().position(|d| d.source == Some(tk)) {
+            let d = s.downtracks.remove(i);
+            if let Some(mid) = d.mid {
+                s.neg.removals.push(mid);
+            }
+            if let Some(t) = self.tracks.get_mut(&tk) {
+                t.subscribers.retain(|x| *x != sid);
+            }
+            self.maybe_offer(now, sid);
+        }
+    }
+
+    /// Point down-track `idx` of `sid` at another source track.
+    pub(super) fn bind_downtrack(&mut self, now: Instant, sid: ParticipantId, idx: usize, tk: Option<TrackKey>) {
+        let Some(s) = self.participants.get_mut(&sid) else { return };
+        let Some(d) = s.downtracks.get_mut(idx) else { return };
+        if d.source == tk {
+            return;
+        }
+        let old = d.source;
+        d.source = tk;
+        d.pt = None;
+        d.selector.reset();
+        d.rewriter.detach();
+        if let Some(t) = tk.and_then(|tk| self.tracks.get(&tk)) {
+            d.rewriter.set_clock_rate(t.clock_rate);
+        }
+        if let Some(o) = old.and_then(|o| self.tracks.get_mut(&o)) {
+            o.subscribers.retain(|x| *x != sid);
+        }
+        if let Some(tk) = tk {
+            if let Some(t) = self.tracks.get_mut(&tk) {
+                if !t.subscribers.contains(&sid) {
+                    t.subscribers.push(sid);
+                }
+            }
+            self.allocate_one(now, sid);
+            self.request_keyframes_for_track(now, tk);
+        }
+    }
+
+    /// The active speaker changed: tell the room, move the speaker views.
+    pub(super) fn speaker_changed(&mut self, now: Instant, room: &str, speaker: Option<ParticipantId>) {
+        let identity = speaker.and_then(|s| self.participants.get(&s)).map(|p| p.identity.to_string());
+        self.out.push_back(Output::Room(RoomEvent::ActiveSpeaker { room: room.to_string(), identity: identity.clone() }));
+        self.broadcast(room, ServerMessage::ActiveSpeaker { identity }, None);
+        self.rebind_speaker_views(now, room);
+    }
+
+    pub(super) fn rebind_speaker_views(&mut self, now: Instant, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let speaker = r.active_speaker;
+        let members = r.participants.clone();
+        let room_tracks = r.tracks.clone();
+        for sid in members {
+            let Some(s) = self.participants.get(&sid) else { continue };
+            let binds: Vec<(usize, TrackKind, Option<TrackKey>)> = s
+                .downtracks
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.bind == Bind::Speaker)
+                .map(|(i, d)| (i, d.kind, d.source))
+                .collect();
+            for (i, kind, current) in binds {
+                let of = |owner: Option<ParticipantId>| {
+                    room_tracks.iter().copied().find(|tk| {
+                        self.tracks.get(tk).is_some_and(|t| t.kind == kind && Some(t.owner) == owner && t.owner != sid)
+                    })
+                };
+                // the speaker's track; else keep the current one; else anyone's
+                let next = of(speaker)
+                    .or(current.filter(|c| self.tracks.contains_key(c)))
+                    .or_else(|| {
+                        room_tracks.iter().copied().find(|tk| {
+                            self.tracks.get(tk).is_some_and(|t| t.kind == kind && t.owner != sid)
+                        })
+                    });
+                if next != current {
+                    self.bind_downtrack(now, sid, i, next);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ keyframes
+
+    /// Ask the publisher of `tk` for a keyframe on `layer`, throttled.
+    pub(super) fn request_keyframe(&mut self, now: Instant, tk: TrackKey, layer: usize) {
+        let interval = Duration::from_millis(self.config.media.keyframe_request_interval_ms);
+        let Some(t) = self.tracks.get_mut(&tk) else { return };
+        if t.kind != TrackKind::Video {
+            return;
+        }
+        let owner = t.owner;
+        let remote = self.participants.get(&owner).is_some_and(|p| p.rtc.is_some());
+        let Some(l) = t.layers.get_mut(layer) else { return };
+        if remote && l.ssrc.is_none() {
+            return; // nothing received yet: asked again when the stream shows up
+        }
+        if !l.kf_throttle.allow(now, interval) {
+            return;
+        }
+        let ssrc = l.ssrc;
+        if let Some(m) = self.rooms.get(&t.room).and_then(|r| r.metrics.as_ref()) {
+            m.plis.inc();
+        }
+        let Some(p) = self.participants.get_mut(&owner) else { return };
+        match (&mut p.rtc, ssrc) {
+            (None, _) => {
+                let idx = p.published.iter().position(|x| *x == tk).unwrap_or(0);
+                self.out.push_back(Output::Local(owner, LocalEvent::KeyframeRequest { track: idx }));
+            }
+            (Some(rtc), Some(ssrc)) => {
+                if let Some(rx) = rtc.direct_api().stream_rx(&ssrc) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                }
+                self.drain(owner);
+            }
+            (Some(_), None) => {}
+        }
+    }
+
+    pub(super) fn request_keyframes_for_track(&mut self, now: Instant, tk: TrackKey) {
+        let n = self.tracks.get(&tk).map(|t| t.layers.len()).unwrap_or(0);
+        let wanted: Vec<usize> = self
+            .tracks
+            .get(&tk)
+            .map(|t| {
+                t.subscribers
+                    .iter()
+                    .filter_map(|s| self.participants.get(s))
+                    .flat_map(|s| s.downtracks.iter().filter(|d| d.source == Some(tk)))
+                    .filter_map(|d| d.selector.wants_keyframe().or(d.selector.current()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for l in 0..n {
+            if wanted.contains(&l) || (n == 1 && !wanted.is_empty()) {
+                self.request_keyframe(now, tk, l);
+            }
+        }
+    }
+
+    pub(super) fn request_keyframes_for_subscriber(&mut self, now: Instant, sid: ParticipantId) {
+        let Some(s) = self.participants.get(&sid) else { return };
+        let reqs: Vec<(TrackKey, usize)> = s
+            .downtracks
+            .iter()
+            .filter(|d| d.kind == TrackKind::Video)
+            .filter_map(|d| Some((d.source?, d.selector.wants_keyframe().or(d.selector.current())?)))
+            .collect();
+        for (tk, l) in reqs {
+            self.request_keyframe(now, tk, l);
+        }
+    }
+
+    /// A subscriber lost a picture (PLI/FIR on its m-line).
+    pub(super) fn on_subscriber_keyframe_request(&mut self, now: Instant, sid: ParticipantId, mid: Mid) {
+        let Some(s) = self.participants.get(&sid) else { return };
+        let Some(d) = s.downtracks.iter().find(|d| d.mid == Some(mid)) else { return };
+        let (Some(tk), Some(l)) = (d.source, d.selector.current().or(d.selector.target())) else { return };
+        self.request_keyframe(now, tk, l);
+    }
+
+    /// Keyframes for pending layer switches (re-asked at the throttle's pace).
+    pub(super) fn pending_keyframes(&mut self, now: Instant) {
+        let mut reqs: Vec<(TrackKey, usize)> = Vec::new();
+        for s in self.participants.values() {
+            for d in &s.downtracks {
+                if !d.ready || d.kind != TrackKind::Video {
+                    continue;
+                }
+                if let (Some(tk), Some(l)) = (d.source, d.selector.wants_keyframe()) {
+                    if !reqs.contains(&(tk, l)) {
+                        reqs.push((tk, l));
+                    }
+                }
+            }
+        }
+        for (tk, l) in reqs {
+            self.request_keyframe(now, tk, l);
+        }
+    }
+
+    // ----------------------------------------------------------- allocation
+
+    /// Choose every subscriber's layers from its bandwidth estimate and wanted sizes.
+    pub(super) fn allocate(&mut self, now: Instant) {
+        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        for id in ids {
+            self.allocate_one(now, id);
+        }
+        // tell local publishers what the room can take
+        let mut targets: Vec<(ParticipantId, usize, usize, u64)> = Vec::new();
+        for t in self.tracks.values() {
+            let Some(owner) = self.participants.get(&t.owner) else { continue };
+            if !owner.is_local() || t.kind != TrackKind::Video {
+                continue;
+            }
+            let idx = owner.published.iter().position(|x| self.tracks.get(x).is_some_and(|y| Arc::ptr_eq(&y.id, &t.id)));
+            let Some(idx) = idx else { continue };
+            for (li, _) in t.layers.iter().enumerate() {
+                let bps = t
+                    .subscribers
+                    .iter()
+                    .filter_map(|s| self.participants.get(s))
+                    .flat_map(|s| s.downtracks.iter().filter(|d| d.source.is_some() && d.selector.target() == Some(li)))
+                    .filter(|d| d.source.and_then(|k| self.tracks.get(&k)).is_some_and(|x| Arc::ptr_eq(&x.id, &t.id)))
+                    .map(|d| d.alloc_bps)
+                    .max()
+                    .unwrap_or(0);
+                if bps > 0 {
+                    targets.push((t.owner, idx, li, bps));
+                }
+            }
+        }
+        for (owner, track, layer, bps) in targets {
+            let cap = self.config.limits.max_publish_bitrate_bps;
+            self.out.push_back(Output::Local(owner, LocalEvent::TargetBitrate { track, layer, bps: bps.min(cap) }));
+        }
+    }
+
+    pub(super) fn allocate_one(&mut self, _now: Instant, id: ParticipantId) {
+        let Engine { participants, tracks, out, work, .. } = self;
+        let Some(s) = participants.get_mut(&id) else { return };
+        let audio = s.downtracks.iter().filter(|d| d.kind == TrackKind::Audio).count() as u64;
+        let videos = s.downtracks.iter().filter(|d| d.kind == TrackKind::Video && d.source.is_some()).count() as u64;
+        if videos == 0 {
+            return;
+        }
+        let mut budget = s.bwe_bps.saturating_sub(audio * AUDIO_BPS);
+        let mut remaining = videos;
+        let mut desired = 0u64;
+        let room_client = s.is_room_client();
+        let mut layer_msgs: Vec<ServerMessage> = Vec::new();
+        for d in s.downtracks.iter_mut().filter(|d| d.kind == TrackKind::Video) {
+            let Some(t) = d.source.and_then(|tk| tracks.get(&tk)) else { continue };
+            let n = t.layers.len();
+            let rates: SmallVec<[u64; 3]> = t
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if l.meter.bps() > 0 {
+                        l.meter.bps()
+                    } else if l.meter.last_packet().is_some() {
+                        DEFAULT_LAYER_BPS[i.min(2)]
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let max = layer_for_size(n, None, d.want_width);
+            let share = budget / remaining.max(1);
+            let target = if n == 1 { Some(0) } else { layer_for_budget(&rates, max, share).or(Some(0)) };
+            d.selector.set_target(target);
+            let used = target.and_then(|l| rates.get(l).copied()).unwrap_or(0);
+            d.alloc_bps = used.max(share.min(DEFAULT_LAYER_BPS[2]));
+            budget = budget.saturating_sub(used);
+            remaining = remaining.saturating_sub(1);
+            desired += rates.get(max).copied().filter(|r| *r > 0).unwrap_or(DEFAULT_LAYER_BPS[max.min(2)]);
+            if room_client && n > 1 && d.last_layer_sent != Some(target) {
+                d.last_layer_sent = Some(target);
+                layer_msgs.push(ServerMessage::Layer {
+                    track: t.id.to_string(),
+                    rid: target.and_then(|l| t.rids.get(l).cloned()),
+                });
+            }
+        }
+        for m in layer_msgs {
+            out.push_back(Output::Signal(id, m));
+        }
+        // let str0m probe towards what the subscriber could use
+        let desired = desired + audio * AUDIO_BPS;
+        if let Some(rtc) = s.rtc.as_mut() {
+            if desired.abs_diff(s.last_desired_bps) > desired / 10 {
+                s.last_desired_bps = desired;
+                rtc.bwe().set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
+                drain_rtc(s, out, work);
+            }
+        }
+    }
+
+    /// Cap publishers above `max_publish_bitrate_bps` (REMB to remote ones).
+    pub(super) fn publisher_limits(&mut self, now: Instant) {
+        let cap = self.config.limits.max_publish_bitrate_bps;
+        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.participants.get_mut(&id) else { continue };
+            let bps = p.publish_bytes.roll(now);
+            if p.rtc.is_none() || bps <= cap || p.rx.is_empty() {
+                continue;
+            }
+            tracing::info!(participant = id, bps, cap, "publisher over its bitrate cap");
+            if let Some(m) = &self.metrics {
+                m.dropped.with_label_values(&["publish_over_cap"]).inc();
+            }
+            let per = cap / p.rx.len() as u64;
+            let ssrcs: SmallVec<[Ssrc; 6]> = p.rx.iter().map(|e| e.0).collect();
+            if let Some(rtc) = p.rtc.as_mut() {
+                for ssrc in ssrcs {
+                    if let Some(rx) = rtc.direct_api().stream_rx(&ssrc) {
+                        rx.request_remb(Bitrate::bps(per));
+                    }
+                }
+            }
+            self.drain(id);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn new_downtrack(
+    sid: ParticipantId,
+    tk: TrackKey,
+    kind: TrackKind,
+    clock: u32,
+    bind: Bind,
+    follow: Option<Arc<str>>,
+    mid: Option<Mid>,
+    ready: bool,
+    width: Option<u32>,
+) -> DownTrack {
+    // deterministic but spread initial numbering
+    let h = (sid.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tk.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) >> 16;
+    DownTrack {
+        kind,
+        bind,
+        follow,
+        source: if bind == Bind::Track { Some(tk) } else { None },
+        mid,
+        ready,
+        pt: None,
+        rewriter: Rewriter::new(clock, (h as u16) & 0x7fff, (h >> 16) as u32),
+        selector: LayerSelector::default(),
+        want_width: width,
+        last_layer_sent: None,
+        alloc_bps: 0,
+    }
+}
+
+/// `Arc<[u8]>` as an owner for `Bytes` (no copy of the payload).
+struct ArcBytes(Arc<[u8]>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}

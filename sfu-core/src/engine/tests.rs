@@ -1,0 +1,812 @@
+//! Engine tests without sockets, on virtual time: str0m clients driven by the
+//! test over a simulated network (seeded loss, reorder, delay), and local
+//! participants.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Rtc};
+
+use super::*;
+use crate::auth::Grants;
+use crate::local::{LocalCodec, LocalEvent, LocalJoin, LocalPacket, LocalSubscription, LocalTrackSpec};
+use crate::protocol::{ClientMessage, ServerMessage, TrackKind, TrackSource};
+
+const SFU: &str = "10.0.0.1:5000";
+
+/// Deterministic PRNG (xorshift) for the simulated network.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
+    }
+}
+
+struct Packet {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    timeout: Instant,
+    events: Vec<Event>,
+    id: Option<ParticipantId>,
+    signals: Vec<ServerMessage>,
+}
+
+struct Sim {
+    now: Instant,
+    engine: Engine,
+    clients: Vec<Client>,
+    net: Vec<Packet>,
+    rng: Rng,
+    loss: f64,
+    delay_ms: u64,
+    jitter_ms: u64,
+    locals: Vec<(ParticipantId, LocalEvent)>,
+    room_events: Vec<RoomEvent>,
+    gone: Vec<(ParticipantId, LeaveReason)>,
+}
+
+fn grants(publish: bool, subscribe: bool) -> Grants {
+    Grants { publish, subscribe, record: false, admin: false }
+}
+
+impl Sim {
+    fn new(config: SfuConfig) -> Sim {
+        let now = Instant::now();
+        let c = Candidate::host(SFU.parse().unwrap(), "udp").unwrap();
+        let engine = Engine::new(config, vec![c], now, SystemTime::now());
+        Sim {
+            now,
+            engine,
+            clients: Vec::new(),
+            net: Vec::new(),
+            rng: Rng(0x5eed_1234_abcd),
+            loss: 0.0,
+            delay_ms: 5,
+            jitter_ms: 0,
+            locals: Vec::new(),
+            room_events: Vec::new(),
+            gone: Vec::new(),
+        }
+    }
+
+    fn add_client(&mut self) -> usize {
+        let n = self.clients.len() as u8 + 2;
+        let addr: SocketAddr = format!("10.0.0.{n}:6000").parse().unwrap();
+        let mut rtc = Rtc::builder().set_rtp_mode(true).enable_bwe(Some(str0m::bwe::Bitrate::kbps(300))).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        self.clients.push(Client { rtc, addr, timeout: self.now, events: Vec::new(), id: None, signals: Vec::new() });
+        self.clients.len() - 1
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        // loss only hits media (RTP/RTCP), so the handshake is deterministic
+        let media = data.first().is_some_and(|b| (128..192).contains(b));
+        if media && self.rng.chance(self.loss) {
+            return;
+        }
+        let jitter = if self.jitter_ms > 0 { self.rng.next() % self.jitter_ms } else { 0 };
+        let at = self.now + Duration::from_millis(self.delay_ms + jitter);
+        self.net.push(Packet { at, from, to, data });
+    }
+
+    fn drain_client(&mut self, i: usize) {
+        loop {
+            let c = &mut self.clients[i];
+            match c.rtc.poll_output().unwrap() {
+                str0m::Output::Timeout(t) => {
+                    c.timeout = t;
+                    break;
+                }
+                str0m::Output::Transmit(t) => {
+                    let (from, to) = (t.source, t.destination);
+                    self.send(from, to, t.contents.into());
+                }
+                str0m::Output::Event(e) => {
+                    if matches!(e, Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::Connected | Event::ChannelOpen(..) | Event::ChannelData(_)) {
+                        c.events.push(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_engine(&mut self) {
+        loop {
+            match self.engine.poll_output() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    let (from, to) = (t.source, t.destination);
+                    self.send(from, to, t.contents.into());
+                }
+                Output::Signal(id, m) => {
+                    if let Some(c) = self.clients.iter_mut().find(|c| c.id == Some(id)) {
+                        c.signals.push(m);
+                    }
+                }
+                Output::Local(id, e) => self.locals.push((id, e)),
+                Output::Room(e) => self.room_events.push(e),
+                Output::Gone(id, r) => self.gone.push((id, r)),
+            }
+        }
+    }
+
+    /// Advance virtual time by `d` in 1 ms steps.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        // deliver due packets (jitter reorders them)
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            if self.net[i].at <= now {
+                due.push(self.net.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|p| p.at);
+        let sfu: SocketAddr = SFU.parse().unwrap();
+        for p in due {
+            if p.to == sfu {
+                self.engine.handle_receive(now, Protocol::Udp, p.from, p.to, &p.data);
+                self.drain_engine();
+            } else if let Some(ci) = self.clients.iter().position(|c| c.addr == p.to) {
+                let r = Receive::new(Protocol::Udp, p.from, p.to, &p.data).unwrap();
+                self.clients[ci].rtc.handle_input(Input::Receive(now, r)).unwrap();
+                self.drain_client(ci);
+            }
+        }
+        self.engine.handle_timeout(now);
+        self.drain_engine();
+        for ci in 0..self.clients.len() {
+            if self.clients[ci].timeout <= now {
+                self.clients[ci].rtc.handle_input(Input::Timeout(now)).unwrap();
+                self.drain_client(ci);
+            }
+        }
+    }
+
+    fn run_until(&mut self, max: Duration, mut f: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + max;
+        while self.now < end {
+            if f(self) {
+                return true;
+            }
+            self.now += Duration::from_millis(1);
+            self.step();
+        }
+        f(self)
+    }
+
+    /// Offer from client `ci` with the given media, joined as `role`.
+    fn join_http(&mut self, ci: usize, identity: &str, role: PeerRole, media: &[(MediaKind, Direction, Option<Simulcast>)]) -> Result<Vec<Mid>, SfuError> {
+        let mut api = self.clients[ci].rtc.sdp_api();
+        let mids: Vec<Mid> = media.iter().map(|(k, d, s)| api.add_media(*k, *d, None, None, s.clone())).collect();
+        let (offer, pending) = api.apply().unwrap();
+        let g = match role {
+            PeerRole::Whip => grants(true, false),
+            _ => grants(false, true),
+        };
+        let j = self.engine.join(
+            self.now,
+            RemoteJoin {
+                room: "r".into(),
+                identity: identity.into(),
+                name: None,
+                grants: g,
+                role,
+                offer: Some(offer.to_sdp_string()),
+                resource: Some(format!("res-{identity}-{ci}")),
+            },
+        )?;
+        self.clients[ci].id = Some(j.id);
+        let answer = SdpAnswer::from_sdp_string(&j.answer.unwrap()).unwrap();
+        self.clients[ci].rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        self.drain_client(ci);
+        self.drain_engine();
+        Ok(mids)
+    }
+
+    fn connected(&self, ci: usize) -> bool {
+        self.clients[ci].events.iter().any(|e| matches!(e, Event::Connected))
+    }
+
+    fn rtp_received(&self, ci: usize) -> Vec<&str0m::rtp::RtpPacket> {
+        self.clients[ci].events.iter().filter_map(|e| if let Event::RtpPacket(p) = e { Some(p) } else { None }).collect()
+    }
+
+    fn keyframe_requests(&self, ci: usize) -> usize {
+        self.clients[ci].events.iter().filter(|e| matches!(e, Event::KeyframeRequest(_))).count()
+    }
+
+    fn write(&mut self, ci: usize, mid: Mid, rid: Option<&str>, codec: Codec, seq: u64, ts: u32, marker: bool, payload: Vec<u8>) {
+        let now = self.now;
+        let c = &mut self.clients[ci];
+        let pt = c.rtc.codec_config().params().iter().find(|p| p.spec().codec == codec).map(|p| p.pt());
+        let pt = c
+            .rtc
+            .media(mid)
+            .and_then(|m| m.remote_pts().iter().copied().find(|x| c.rtc.codec_config().params().iter().any(|p| p.pt() == *x && p.spec().codec == codec)))
+            .or(pt)
+            .unwrap();
+        let mut api = c.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, rid.map(|r| r.into())).unwrap();
+        tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, now, payload).marker(marker).nackable(true));
+        self.drain_client(ci);
+    }
+}
+
+/// A VP8 packet: descriptor (S=1 on the first packet), P bit 0 on a keyframe;
+/// byte 2..: frame number and packet index so the receiver can check order.
+fn vp8(first: bool, key: bool, frame: u32, idx: u8) -> Vec<u8> {
+    let mut v = vec![if first { 0x10 } else { 0x00 }, if key { 0x00 } else { 0x01 }];
+    v.extend_from_slice(&frame.to_be_bytes());
+    v.push(idx);
+    v.resize(200, 0xab);
+    v
+}
+
+fn publisher_sends_vp8(sim: &mut Sim, ci: usize, mid: Mid, frames: u32, key_every: u32, start_frame: u32) {
+    for f in start_frame..start_frame + frames {
+        let key = f % key_every == 0;
+        for i in 0..3u8 {
+            let seq = u64::from(f) * 3 + u64::from(i) + 1;
+            sim.write(ci, mid, None, Codec::Vp8, seq, f * 3000, i == 2, vp8(i == 0, key, f, i));
+        }
+        sim.run(Duration::from_millis(33));
+    }
+}
+
+#[test]
+fn whip_publisher_reaches_whep_viewer_in_order_over_a_lossy_network() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let pubc = sim.add_client();
+    let view = sim.add_client();
+    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc)), "publisher connects (ICE-lite + DTLS)");
+    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(view)), "viewer connects");
+    // the viewer's down-track asks the publisher for a keyframe
+    publisher_sends_vp8(&mut sim, pubc, mids[0], 10, 1000, 1);
+    assert!(sim.keyframe_requests(pubc) >= 1, "a keyframe request reached the publisher");
+    assert!(sim.rtp_received(view).is_empty(), "nothing is forwarded before a keyframe");
+
+    // now a lossy, jittery network: 5% media loss, 0-20 ms jitter (reorders)
+    sim.loss = 0.05;
+    sim.jitter_ms = 20;
+    publisher_sends_vp8(&mut sim, pubc, mids[0], 150, 50, 50);
+    sim.loss = 0.0;
+    sim.run(Duration::from_secs(2));
+
+    let got = sim.rtp_received(view);
+    let mut seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), got.len(), "no duplicates");
+    let first = seqs[0];
+    let span = (seqs[seqs.len() - 1] - first + 1) as usize;
+    // NACK/RTX through str0m repairs nearly all of the 5% (x2 hops) loss
+    assert!(seqs.len() * 100 >= span * 97, "received {} of {span}", seqs.len());
+    // continuity: the rewritten numbering has no holes of its own
+    assert!(span <= 150 * 3, "span {span} (gaps would mean broken rewriting)");
+    // the frames arrive with their payloads intact, starting at a keyframe
+    let p0 = got.iter().min_by_key(|p| *p.seq_no).unwrap();
+    assert_eq!(p0.payload[0] & 0x10, 0x10);
+    assert_eq!(p0.payload[1] & 0x01, 0, "the first forwarded packet is a keyframe");
+    // payload order follows sequence order
+    let mut by_seq: Vec<_> = got.iter().map(|p| (*p.seq_no, u32::from_be_bytes(p.payload[2..6].try_into().unwrap()), p.payload[6])).collect();
+    by_seq.sort();
+    for w in by_seq.windows(2) {
+        assert!((w[1].1, w[1].2) > (w[0].1, w[0].2), "sequence order = frame order: {w:?}");
+    }
+    let st = sim.engine.stats();
+    assert!(st.forwarded_packets >= 400, "{st:?}");
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_the_room_goes_on() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let pubc = sim.add_client();
+    let view = sim.add_client();
+    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc) && s.connected(view)));
+    let sfu: SocketAddr = SFU.parse().unwrap();
+    let from = sim.clients[pubc].addr;
+    let mut rng = Rng(99);
+    let before = sim.engine.stats().dropped_packets;
+    for n in 0..2000 {
+        let len = (rng.next() % 300) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if n % 3 == 0 && !d.is_empty() {
+            d[0] = 0x80 | (d[0] & 0x3f); // looks like RTP
+        }
+        if n % 5 == 0 && d.len() > 1 {
+            d[1] = 200; // looks like RTCP
+        }
+        let src = if n % 2 == 0 { from } else { "10.9.9.9:1".parse().unwrap() };
+        sim.engine.handle_receive(sim.now, Protocol::Udp, src, sfu, &d);
+        sim.drain_engine();
+    }
+    // a truncated STUN with a lying length, an empty datagram
+    sim.engine.handle_receive(sim.now, Protocol::Udp, from, sfu, &[0, 1, 0, 200, 0x21, 0x12, 0xa4, 0x42]);
+    sim.engine.handle_receive(sim.now, Protocol::Udp, from, sfu, &[]);
+    assert!(sim.engine.stats().dropped_packets > before);
+    publisher_sends_vp8(&mut sim, pubc, mids[0], 60, 30, 0);
+    assert!(sim.rtp_received(view).len() >= 100, "media still flows: {}", sim.rtp_received(view).len());
+}
+
+#[test]
+fn bad_offers_and_refusals_are_clear_errors() {
+    let mut config = SfuConfig::default();
+    config.rooms.insert("h264only".into(), crate::config::RoomConfig { codecs: Some(vec![crate::config::CodecName::Opus, crate::config::CodecName::H264]), max_participants: Some(2) });
+    let mut sim = Sim::new(config);
+    let join = |role: PeerRole, room: &str, id: &str, offer: Option<String>, g: Grants| RemoteJoin {
+        room: room.into(),
+        identity: id.into(),
+        name: None,
+        grants: g,
+        role,
+        offer,
+        resource: None,
+    };
+    let now = sim.now;
+    for bad in ["", "v=0", "garbage\r\n\r\n", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"] {
+        let e = sim.engine.join(now, join(PeerRole::Whip, "r", "a", Some(bad.into()), grants(true, true))).unwrap_err();
+        assert_eq!(e.http_status(), 400, "{bad:?}: {e}");
+    }
+    let e = sim.engine.join(now, join(PeerRole::Whip, "r", "a", None, grants(true, true))).unwrap_err();
+    assert!(matches!(e, SfuError::BadSdp(_)));
+    // grants
+    let e = sim.engine.join(now, join(PeerRole::Whip, "r", "a", Some("v=0".into()), grants(false, true))).unwrap_err();
+    assert_eq!(e.http_status(), 403);
+    // a VP8 offer into an H.264-only room
+    let ci = sim.add_client();
+    let mut api = sim.clients[ci].rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, _p) = api.apply().unwrap();
+    let vp8_only: String = offer
+        .to_sdp_string()
+        .lines()
+        .filter(|l| !(l.starts_with("a=rtpmap:") && !l.contains("VP8") && !l.contains("rtx")))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let e = sim.engine.join(now, join(PeerRole::Whip, "h264only", "a", Some(vp8_only), grants(true, true))).unwrap_err();
+    assert!(matches!(e, SfuError::CodecNotAllowed(_)), "{e}");
+    // WHEP of someone absent
+    let e = sim.engine.join(now, join(PeerRole::Whep { target: Some("ghost".into()) }, "r", "v", Some(offer.to_sdp_string()), grants(false, true))).unwrap_err();
+    assert_eq!(e.http_status(), 404);
+    // room full (max 2 in h264only), then the room goes on
+    for i in 0..2 {
+        sim.engine.join(now, join(PeerRole::Room { auto_subscribe: true }, "h264only", &format!("u{i}"), None, grants(true, true))).unwrap();
+    }
+    let e = sim.engine.join(now, join(PeerRole::Room { auto_subscribe: true }, "h264only", "u9", None, grants(true, true))).unwrap_err();
+    assert!(matches!(e, SfuError::RoomFull { .. }) && e.http_status() == 503, "{e}");
+    assert_eq!(sim.engine.rooms().iter().find(|r| r.name == "h264only").unwrap().participants.len(), 2);
+}
+
+#[test]
+fn a_join_flood_is_refused_with_retry_after_and_recovers() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 5;
+    config.limits.max_participants_per_room = 1000;
+    let mut sim = Sim::new(config);
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for i in 0..50 {
+        let r = sim.engine.join_local(sim.now, LocalJoin { room: "r".into(), identity: format!("p{i}"), name: None, publish: vec![], subscribe: LocalSubscription::None });
+        match r {
+            Ok(_) => ok += 1,
+            Err(SfuError::Overloaded { retry_after_secs }) => {
+                assert!(retry_after_secs >= 1);
+                overloaded += 1
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(overloaded, 45);
+    sim.now += Duration::from_secs(1);
+    assert!(sim.engine.join_local(sim.now, LocalJoin { room: "r".into(), identity: "late".into(), name: None, publish: vec![], subscribe: LocalSubscription::None }).is_ok());
+}
+
+fn camera(layers: &[&str]) -> LocalJoin {
+    LocalJoin {
+        room: "r".into(),
+        identity: "room".into(),
+        name: Some("Room".into()),
+        publish: vec![
+            LocalTrackSpec {
+                name: "camera".into(),
+                kind: TrackKind::Video,
+                source: TrackSource::RoomCamera,
+                codec: LocalCodec::H264 { profile_level_id: "42e01f".into() },
+                layers: layers.iter().map(|s| s.to_string()).collect(),
+            },
+            LocalTrackSpec { name: "mic".into(), kind: TrackKind::Audio, source: TrackSource::RoomMicrophone, codec: LocalCodec::Opus, layers: vec![] },
+        ],
+        subscribe: LocalSubscription::None,
+    }
+}
+
+fn h264(key: bool, layer: u8, frame: u32) -> Bytes {
+    // an IDR (type 5) or a non-IDR slice (type 1); then layer and frame for the checks
+    let mut v = vec![if key { 0x65 } else { 0x41 }, layer];
+    v.extend_from_slice(&frame.to_be_bytes());
+    Bytes::from(v)
+}
+
+fn local_pkt(track: usize, layer: usize, seq: u16, ts: u32, key: bool, payload: Bytes, now: Instant) -> LocalPacket {
+    LocalPacket { track, layer, seq, timestamp: ts, marker: true, keyframe: key, audio_level: None, capture_time: now, payload }
+}
+
+fn received(sim: &Sim, id: ParticipantId) -> Vec<crate::local::ReceivedPacket> {
+    sim.locals
+        .iter()
+        .filter(|(i, _)| *i == id)
+        .filter_map(|(_, e)| if let LocalEvent::Rtp(p) = e { Some(p.clone()) } else { None })
+        .filter(|p| p.kind == TrackKind::Video)
+        .collect()
+}
+
+#[test]
+fn simulcast_switches_layer_only_on_a_keyframe_and_keeps_sequence_continuity() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let cam = sim.engine.join_local(sim.now, camera(&["q", "h", "f"])).unwrap();
+    let rec = sim
+        .engine
+        .join_local(sim.now, LocalJoin { room: "r".into(), identity: "recorder".into(), name: None, publish: vec![], subscribe: LocalSubscription::All })
+        .unwrap();
+    sim.drain_engine();
+    // only layer q flows at first, starting with a delta frame (not forwardable)
+    let mut seq = [100u16, 5000, 60000];
+    let mut frame = 0u32;
+    let mut send = |sim: &mut Sim, layer: usize, key: bool, frame: u32| {
+        let p = local_pkt(0, layer, seq[layer], frame * 3000 + layer as u32 * 7, key, h264(key, layer as u8, frame), sim.now);
+        seq[layer] = seq[layer].wrapping_add(1);
+        sim.engine.local_packet(sim.now, cam, p);
+        sim.drain_engine();
+    };
+    send(&mut sim, 0, false, frame);
+    assert!(received(&sim, rec).is_empty(), "no delta frame before a keyframe");
+    for _ in 0..30 {
+        frame += 1;
+        send(&mut sim, 0, frame == 1, frame);
+        sim.run(Duration::from_millis(33));
+    }
+    let got = received(&sim, rec);
+    assert!(got.len() >= 29 && got.iter().all(|p| p.payload[1] == 0), "layer q only: {}", got.len());
+    // layers h and f start, with delta frames: the target moves up, the switch waits
+    let kf_before = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { .. })).count();
+    for _ in 0..20 {
+        frame += 1;
+        send(&mut sim, 0, false, frame);
+        send(&mut sim, 1, false, frame);
+        send(&mut sim, 2, false, frame);
+        sim.run(Duration::from_millis(33));
+    }
+    let got = received(&sim, rec);
+    assert!(got.iter().all(|p| p.payload[1] == 0), "no switch without a keyframe");
+    let kf_after = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { .. })).count();
+    assert!(kf_after > kf_before, "the pending switch asked the camera for a keyframe");
+    assert!(kf_after - kf_before <= 2, "keyframe requests are throttled (500 ms): {}", kf_after - kf_before);
+    // a keyframe on f: switch there
+    frame += 1;
+    send(&mut sim, 0, false, frame);
+    send(&mut sim, 2, true, frame);
+    for _ in 0..10 {
+        frame += 1;
+        send(&mut sim, 0, false, frame);
+        send(&mut sim, 2, false, frame);
+        sim.run(Duration::from_millis(33));
+    }
+    let got = received(&sim, rec);
+    let first_f = got.iter().position(|p| p.payload[1] == 2).expect("switched to f");
+    assert_eq!(got[first_f].payload[0] & 0x1f, 5, "the switch happens on the IDR");
+    assert!(got[first_f..].iter().all(|p| p.payload[1] == 2), "f only after the switch");
+    // one outgoing sequence: +1 per packet across the switch, timestamps forward
+    for w in got.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "continuity across the switch");
+        assert!(w[1].timestamp.wrapping_sub(w[0].timestamp) < 1 << 31, "time moves forward");
+    }
+}
+
+#[test]
+fn keyframe_requests_to_a_publisher_are_throttled() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let cam = sim.engine.join_local(sim.now, camera(&[])).unwrap();
+    // 20 subscribers join within 100 ms: each wants a keyframe
+    for i in 0..20 {
+        sim.engine
+            .join_local(sim.now, LocalJoin { room: "r".into(), identity: format!("s{i}"), name: None, publish: vec![], subscribe: LocalSubscription::All })
+            .unwrap();
+        sim.run(Duration::from_millis(5));
+    }
+    sim.drain_engine();
+    let n = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 })).count();
+    assert_eq!(n, 1, "one request per 500 ms, not one per subscriber");
+    sim.run(Duration::from_millis(1000));
+    let n2 = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 })).count();
+    assert!(n2 <= 3, "still waiting for the keyframe: re-asked at the throttle's pace ({n2})");
+}
+
+fn mic(identity: &str) -> LocalJoin {
+    LocalJoin {
+        room: "r".into(),
+        identity: identity.into(),
+        name: None,
+        publish: vec![LocalTrackSpec { name: "mic".into(), kind: TrackKind::Audio, source: TrackSource::Microphone, codec: LocalCodec::Opus, layers: vec![] }],
+        subscribe: LocalSubscription::None,
+    }
+}
+
+#[test]
+fn the_active_speaker_follows_the_loudest_with_hysteresis() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let a = sim.engine.join_local(sim.now, mic("ann")).unwrap();
+    let b = sim.engine.join_local(sim.now, mic("ben")).unwrap();
+    let speakers = |sim: &Sim| -> Vec<Option<String>> {
+        sim.room_events.iter().filter_map(|e| if let RoomEvent::ActiveSpeaker { identity, .. } = e { Some(identity.clone()) } else { None }).collect()
+    };
+    let mut seq = 0u16;
+    let mut talk = |sim: &mut Sim, la: u8, lb: u8, ms: u64| {
+        for _ in 0..ms / 20 {
+            seq = seq.wrapping_add(1);
+            for (id, l) in [(a, la), (b, lb)] {
+                let mut p = local_pkt(0, 0, seq, u32::from(seq) * 960, false, Bytes::from_static(&[0xfc, 1, 2]), sim.now);
+                p.audio_level = Some(l);
+                sim.engine.local_packet(sim.now, id, p);
+            }
+            sim.run(Duration::from_millis(20));
+        }
+    };
+    talk(&mut sim, 20, 90, 1000);
+    assert_eq!(speakers(&sim), vec![Some("ann".to_string())]);
+    // ben coughs for 150 ms: no switch
+    talk(&mut sim, 30, 10, 150);
+    talk(&mut sim, 25, 90, 600);
+    assert_eq!(speakers(&sim), vec![Some("ann".to_string())]);
+    // ben talks for a second: switch
+    talk(&mut sim, 60, 15, 1000);
+    assert_eq!(speakers(&sim), vec![Some("ann".to_string()), Some("ben".to_string())]);
+    // ben leaves: the room says nobody
+    sim.engine.leave(sim.now, b, LeaveReason::Left);
+    sim.drain_engine();
+    assert_eq!(speakers(&sim).last().unwrap(), &None);
+    // the WS-style signal reached the other local participant too
+    assert!(sim.locals.iter().any(|(i, e)| *i == a && matches!(e, LocalEvent::Signal(ServerMessage::ActiveSpeaker { identity: Some(x) }) if x == "ben")));
+}
+
+#[test]
+fn join_leave_churn_leaves_nothing_behind() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 1000;
+    let mut sim = Sim::new(config);
+    let mut live: VecDeque<ParticipantId> = VecDeque::new();
+    let mut rng = Rng(7);
+    let mut joined = 0;
+    for i in 0..300 {
+        if live.len() < 8 && (live.is_empty() || rng.chance(0.6)) {
+            let j = if i % 2 == 0 { mic(&format!("m{i}")) } else { LocalJoin { subscribe: LocalSubscription::AllAudio, ..mic(&format!("s{i}")) } };
+            live.push_back(sim.engine.join_local(sim.now, j).unwrap());
+            joined += 1;
+        } else if let Some(id) = live.pop_front() {
+            sim.engine.leave(sim.now, id, LeaveReason::Left);
+        }
+        sim.run(Duration::from_millis(10));
+    }
+    while let Some(id) = live.pop_front() {
+        sim.engine.leave(sim.now, id, LeaveReason::Left);
+    }
+    sim.drain_engine();
+    assert_eq!(sim.engine.stats().participants, 0);
+    assert_eq!(sim.engine.stats().rooms, 0);
+    assert!(sim.engine.tracks.is_empty() && sim.engine.by_ufrag.is_empty() && sim.engine.by_addr.is_empty());
+    let joins = sim.room_events.iter().filter(|e| matches!(e, RoomEvent::ParticipantJoined { .. })).count();
+    let leaves = sim.room_events.iter().filter(|e| matches!(e, RoomEvent::ParticipantLeft { .. })).count();
+    let opens = sim.room_events.iter().filter(|e| matches!(e, RoomEvent::RoomOpened { .. })).count();
+    let closes = sim.room_events.iter().filter(|e| matches!(e, RoomEvent::RoomClosed { .. })).count();
+    assert_eq!((joins, leaves), (joined, joined));
+    assert_eq!(opens, closes);
+}
+
+/// Room protocol: `c` answers every server offer (as a browser would).
+fn answer_server_offers(sim: &mut Sim, ci: usize) {
+    let offers: Vec<(String, u64)> = sim.clients[ci]
+        .signals
+        .iter()
+        .filter_map(|m| if let ServerMessage::Offer { sdp, seq } = m { Some((sdp.clone(), *seq)) } else { None })
+        .collect();
+    sim.clients[ci].signals.retain(|m| !matches!(m, ServerMessage::Offer { .. }));
+    for (sdp, seq) in offers {
+        let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+        let answer = sim.clients[ci].rtc.sdp_api().accept_offer(offer).unwrap();
+        sim.drain_client(ci);
+        let id = sim.clients[ci].id.unwrap();
+        sim.engine.client_message(sim.now, id, ClientMessage::Answer { sdp: answer.to_sdp_string(), seq });
+        sim.drain_engine();
+    }
+}
+
+fn ws_join(sim: &mut Sim, ci: usize, identity: &str) {
+    let j = sim
+        .engine
+        .join(sim.now, RemoteJoin { room: "r".into(), identity: identity.into(), name: None, grants: grants(true, true), role: PeerRole::Room { auto_subscribe: true }, offer: None, resource: None })
+        .unwrap();
+    sim.clients[ci].id = Some(j.id);
+    sim.drain_engine();
+}
+
+fn ws_publish(sim: &mut Sim, ci: usize, chat: bool) -> (Mid, SdpPendingOffer) {
+    let mut api = sim.clients[ci].rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    if chat {
+        api.add_channel("chat".into());
+    }
+    let (offer, pending) = api.apply().unwrap();
+    let id = sim.clients[ci].id.unwrap();
+    sim.engine.client_message(sim.now, id, ClientMessage::Publish { tracks: vec![crate::protocol::PublishTrack { mid: mid.to_string(), kind: TrackKind::Video, source: TrackSource::Camera }] });
+    sim.engine.client_message(sim.now, id, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 1 });
+    sim.drain_engine();
+    (mid, pending)
+}
+
+fn take_answer(sim: &mut Sim, ci: usize, pending: SdpPendingOffer) {
+    let sdp = sim.clients[ci].signals.iter().find_map(|m| if let ServerMessage::Answer { sdp, .. } = m { Some(sdp.clone()) } else { None }).expect("server answered");
+    sim.clients[ci].signals.retain(|m| !matches!(m, ServerMessage::Answer { .. }));
+    sim.clients[ci].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&sdp).unwrap()).unwrap();
+    sim.drain_client(ci);
+}
+
+#[test]
+fn room_protocol_two_clients_publish_subscribe_and_chat() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let a = sim.add_client();
+    let b = sim.add_client();
+    ws_join(&mut sim, a, "ann");
+    ws_join(&mut sim, b, "ben");
+    assert!(matches!(sim.clients[a].signals[0], ServerMessage::Joined { .. }));
+    assert!(sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.identity == "ben")));
+    // ann publishes video + opens the chat channel
+    let (mid_a, pending) = ws_publish(&mut sim, a, true);
+    take_answer(&mut sim, a, pending);
+    // str0m reports remote media once DTLS is up: the track is announced then
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(a)));
+    // ben is offered ann's track (server offer), answers like a browser
+    assert!(sim.clients[b].signals.iter().any(|m| matches!(m, ServerMessage::TrackPublished { track } if track.participant == "ann")));
+    answer_server_offers(&mut sim, b);
+    assert!(sim.clients[b].signals.iter().any(|m| matches!(m, ServerMessage::Subscribed { .. })));
+    // ben also publishes, with a chat channel
+    let (_mid_b, pending_b) = ws_publish(&mut sim, b, true);
+    take_answer(&mut sim, b, pending_b);
+    answer_server_offers(&mut sim, a);
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(a) && s.connected(b)));
+    for _ in 0..3 {
+        answer_server_offers(&mut sim, a);
+        answer_server_offers(&mut sim, b);
+        sim.run(Duration::from_millis(50));
+    }
+    publisher_sends_vp8(&mut sim, a, mid_a, 60, 20, 0);
+    let got = sim.rtp_received(b).len();
+    assert!(got >= 150, "ben receives ann's video: {got}");
+    // chat: ann -> ben, stamped by the server
+    assert!(sim.run_until(Duration::from_secs(3), |s| s.clients.iter().all(|c| c.events.iter().any(|e| matches!(e, Event::ChannelOpen(..))))));
+    let ch = sim.clients[a].events.iter().find_map(|e| if let Event::ChannelOpen(id, l) = e { (l == "chat").then_some(*id) } else { None }).unwrap();
+    sim.clients[a].rtc.channel(ch).unwrap().write(false, br#"{"text":"hello ben"}"#).unwrap();
+    sim.drain_client(a);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.clients[b].events.iter().any(|e| matches!(e, Event::ChannelData(_)))));
+    let data = sim.clients[b].events.iter().find_map(|e| if let Event::ChannelData(d) = e { Some(d.data.clone()) } else { None }).unwrap();
+    let msg: crate::protocol::ChatMessage = serde_json::from_slice(&data).unwrap();
+    assert_eq!(msg.text, "hello ben");
+    assert_eq!(msg.from.as_deref(), Some("ann"));
+    assert!(msg.ts.is_some());
+    // glare: ben offers while a server offer is outstanding; the server rolls back and re-offers
+    let c = sim.add_client();
+    ws_join(&mut sim, c, "cat");
+    let (_m, pending_c) = ws_publish(&mut sim, c, false);
+    take_answer(&mut sim, c, pending_c);
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(c)));
+    assert!(sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })), "ann gets an offer for cat's track");
+    let mut api = sim.clients[a].rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let ida = sim.clients[a].id.unwrap();
+    sim.clients[a].signals.retain(|m| !matches!(m, ServerMessage::Offer { .. })); // ann ignores the crossing offer
+    sim.engine.client_message(sim.now, ida, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 2 });
+    sim.drain_engine();
+    take_answer(&mut sim, a, pending);
+    assert!(sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })), "the rolled-back subscription is offered again");
+    answer_server_offers(&mut sim, a);
+}
+
+#[test]
+fn the_room_camera_reaches_a_whep_viewer_as_h264_with_the_matching_profile() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let cam = sim.engine.join_local(sim.now, camera(&[])).unwrap();
+    sim.drain_engine();
+    let v = sim.add_client();
+    sim.join_http(v, "viewer", PeerRole::Whep { target: Some("room".into()) }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
+    sim.run(Duration::from_millis(100));
+    assert!(sim.locals.iter().any(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 })));
+    for f in 0..30u32 {
+        let p = local_pkt(0, 0, f as u16, f * 3000, f % 10 == 0, h264(f % 10 == 0, 0, f), sim.now);
+        sim.engine.local_packet(sim.now, cam, p);
+        let mut a = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
+        a.audio_level = Some(30);
+        sim.engine.local_packet(sim.now, cam, a);
+        sim.drain_engine();
+        sim.run(Duration::from_millis(33));
+    }
+    sim.run(Duration::from_millis(200));
+    let got = sim.rtp_received(v);
+    let video: Vec<_> = got.iter().filter(|p| p.payload.len() == 6).collect();
+    let audio = got.len() - video.len();
+    assert!(video.len() >= 29 && audio >= 29, "video {} audio {audio}", video.len());
+    // the payload type the viewer got is H.264 constrained baseline, packetization-mode 1
+    let pt = video[0].header.payload_type;
+    let params = sim.clients[v].rtc.codec_config().params().iter().find(|p| p.pt() == pt).unwrap().spec();
+    assert_eq!(params.codec, Codec::H264);
+    assert_eq!(params.format.packetization_mode, Some(1));
+    assert_eq!(params.format.profile_level_id.map(|p| p >> 8), Some(0x42e0));
+}
+
+#[test]
+fn simulcast_whip_publisher_is_received_on_one_layer() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let p = sim.add_client();
+    let v = sim.add_client();
+    let mut sc = Simulcast::new();
+    for r in ["q", "h", "f"] {
+        sc.add_send_layer(SimulcastLayer::new(r));
+    }
+    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, Some(sc))]).unwrap();
+    sim.join_http(v, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p) && s.connected(v)));
+    let info = sim.engine.rooms()[0].participants.iter().find(|x| x.identity == "alice").unwrap().tracks[0].clone();
+    assert_eq!(info.layers, vec!["q", "h", "f"]);
+    for f in 0..90u32 {
+        for (li, rid) in ["q", "h", "f"].iter().enumerate() {
+            let seq = u64::from(f) + 1 + li as u64 * 10_000;
+            let mut pl = vp8(true, f % 30 == 0, f, li as u8);
+            pl[6] = li as u8;
+            sim.write(p, mids[0], Some(rid), Codec::Vp8, seq, f * 3000, true, pl);
+        }
+        sim.run(Duration::from_millis(33));
+    }
+    let got = sim.rtp_received(v);
+    assert!(got.len() >= 40, "{}", got.len());
+    let layers: std::collections::BTreeSet<u8> = got.iter().map(|p| p.payload[6]).collect();
+    // one outgoing stream; whatever the layer, sequence numbers are contiguous
+    let mut seqs: Vec<u64> = got.iter().map(|p| *p.seq_no).collect();
+    seqs.sort();
+    assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "layers seen {layers:?}");
+}
+

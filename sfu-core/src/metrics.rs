@@ -1,0 +1,89 @@
+//! Prometheus metrics. Per-room counters keep their label handles
+//! ([`RoomMetrics`]) so the hot path never looks labels up; packet counts are
+//! summed in plain integers and flushed on the engine's tick.
+
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The SFU's metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    forwarded_packets: IntCounterVec,
+    forwarded_bytes: IntCounterVec,
+    nacks: IntCounterVec,
+    plis: IntCounterVec,
+    lost: IntCounterVec,
+    rtt: GaugeVec,
+    pub rooms: IntGauge,
+    pub participants: IntGauge,
+    pub dropped: IntCounterVec,
+}
+
+/// Cached handles for one room.
+#[derive(Clone)]
+pub struct RoomMetrics {
+    pub forwarded_packets: IntCounter,
+    pub forwarded_bytes: IntCounter,
+    pub nacks: IntCounter,
+    pub plis: IntCounter,
+    pub lost: IntCounter,
+    pub rtt_seconds: Gauge,
+}
+
+impl Metrics {
+    /// Register every family into `registry`.
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let room = &["room"];
+        let m = Metrics {
+            forwarded_packets: IntCounterVec::new(
+                Opts::new("sfu_forwarded_packets_total", "RTP packets forwarded to subscribers"),
+                room,
+            )?,
+            forwarded_bytes: IntCounterVec::new(
+                Opts::new("sfu_forwarded_bytes_total", "RTP payload bytes forwarded to subscribers"),
+                room,
+            )?,
+            nacks: IntCounterVec::new(Opts::new("sfu_nacks_total", "NACKs received from subscribers"), room)?,
+            plis: IntCounterVec::new(Opts::new("sfu_plis_total", "keyframe requests sent to publishers"), room)?,
+            lost: IntCounterVec::new(Opts::new("sfu_packets_lost_total", "packets lost from publishers"), room)?,
+            rtt: GaugeVec::new(Opts::new("sfu_rtt_seconds", "latest round-trip time to a peer"), room)?,
+            rooms: IntGauge::new("sfu_rooms", "open rooms")?,
+            participants: IntGauge::new("sfu_participants", "participants in all rooms")?,
+            dropped: IntCounterVec::new(
+                Opts::new("sfu_dropped_total", "input dropped, by reason (garbage, unknown peer, ...)"),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(m.forwarded_packets.clone()))?;
+        registry.register(Box::new(m.forwarded_bytes.clone()))?;
+        registry.register(Box::new(m.nacks.clone()))?;
+        registry.register(Box::new(m.plis.clone()))?;
+        registry.register(Box::new(m.lost.clone()))?;
+        registry.register(Box::new(m.rtt.clone()))?;
+        registry.register(Box::new(m.rooms.clone()))?;
+        registry.register(Box::new(m.participants.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        Ok(m)
+    }
+
+    /// Handles for one room (created when the room opens).
+    pub fn room(&self, room: &str) -> RoomMetrics {
+        RoomMetrics {
+            forwarded_packets: self.forwarded_packets.with_label_values(&[room]),
+            forwarded_bytes: self.forwarded_bytes.with_label_values(&[room]),
+            nacks: self.nacks.with_label_values(&[room]),
+            plis: self.plis.with_label_values(&[room]),
+            lost: self.lost.with_label_values(&[room]),
+            rtt_seconds: self.rtt.with_label_values(&[room]),
+        }
+    }
+
+    /// Drop a closed room's series.
+    pub fn remove_room(&self, room: &str) {
+        let _ = self.forwarded_packets.remove_label_values(&[room]);
+        let _ = self.forwarded_bytes.remove_label_values(&[room]);
+        let _ = self.nacks.remove_label_values(&[room]);
+        let _ = self.plis.remove_label_values(&[room]);
+        let _ = self.lost.remove_label_values(&[room]);
+        let _ = self.rtt.remove_label_values(&[room]);
+    }
+}

@@ -1,0 +1,319 @@
+//! Signaling over HTTP: WHIP (RFC 9725), WHEP, and the room protocol on a
+//! WebSocket (`/ws/{room}`, see [`crate::protocol`] and `docs/protocol.md`).
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | `POST` | `/whip/{room}` | publish (token needs `publish`); 201 + `Location` + SDP answer |
+//! | `PATCH` | `/whip/{room}/session/{id}` | trickle ICE / ICE restart (`application/trickle-ice-sdpfrag`) |
+//! | `DELETE` | `/whip/{room}/session/{id}` | leave |
+//! | `POST` | `/whep/{room}/{identity}` | watch one participant (token needs `subscribe`) |
+//! | `POST` | `/whep/{room}` | watch whoever speaks |
+//! | `PATCH`/`DELETE` | `/whep/{room}/session/{id}` | as for WHIP |
+//! | `GET` | `/ws/{room}` | WebSocket room protocol |
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::mpsc;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::auth::{Claims, bearer};
+use crate::edge::driver::Request;
+use crate::engine::{PeerRole, RemoteJoin};
+use crate::error::SfuError;
+use crate::protocol::{ClientMessage, ErrorCode, MAX_MESSAGE_BYTES, ServerMessage};
+use crate::server::{LeaveReason, Sfu};
+
+/// The first WebSocket message (`join`) must come within this time.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn router(sfu: Sfu) -> Router {
+    let limit = sfu.config().limits.max_body_bytes;
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH])
+        .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
+    Router::new()
+        .route("/whip/{room}", post(whip_post))
+        .route("/whip/{room}/session/{id}", axum::routing::patch(patch_resource).delete(delete_resource))
+        .route("/whep/{room}", post(whep_room_post))
+        .route("/whep/{room}/{identity}", post(whep_post))
+        .route("/whep/{room}/session/{id}", axum::routing::patch(patch_resource).delete(delete_resource))
+        .route("/ws/{room}", get(ws_upgrade))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(cors)
+        .with_state(sfu)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An error answered over HTTP: status, a text body, and `Retry-After` for load.
+fn error_response(e: &SfuError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, format!("{e}\n")).into_response();
+    match e {
+        SfuError::Overloaded { retry_after_secs } => {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        SfuError::RoomFull { .. } | SfuError::TooManyRooms { .. } => {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(30u64));
+        }
+        SfuError::Auth(_) if status == StatusCode::UNAUTHORIZED => {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn authorize(sfu: &Sfu, headers: &HeaderMap, room: &str) -> Result<Claims, SfuError> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(SfuError::Auth(crate::auth::AuthError::Missing))?;
+    let token = bearer(h)?;
+    Ok(sfu.verifier().verify_for_room(token, room, unix_now())?)
+}
+
+fn check_content_type(headers: &HeaderMap, want: &str) -> Result<(), Response> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.split(';').next().map(str::trim).is_some_and(|c| c.eq_ignore_ascii_case(want)) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("send Content-Type: {want}\n")).into_response())
+    }
+}
+
+fn new_resource_id() -> String {
+    let a: u64 = rand::random();
+    let b: u64 = rand::random();
+    format!("{a:016x}{b:016x}")
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control())
+}
+
+async fn offer_answer(sfu: Sfu, headers: HeaderMap, room: String, role: PeerRole, body: Bytes, kind: &str) -> Response {
+    if let Err(r) = check_content_type(&headers, "application/sdp") {
+        return r;
+    }
+    if !valid_name(&room) {
+        return (StatusCode::BAD_REQUEST, "bad room name\n").into_response();
+    }
+    let claims = match authorize(&sfu, &headers, &room) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e),
+    };
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return error_response(&SfuError::BadSdp("the offer is not UTF-8".into()));
+    };
+    let resource = new_resource_id();
+    let join = RemoteJoin {
+        room: room.clone(),
+        identity: claims.sub.clone(),
+        name: claims.name.clone(),
+        grants: claims.grants.clone(),
+        role,
+        offer: Some(sdp),
+        resource: Some(resource.clone()),
+    };
+    let joined = match sfu.request(|reply| Request::Join { join, signals: None, reply }).await {
+        Ok(Ok(j)) => j,
+        Ok(Err(e)) | Err(e) => {
+            tracing::info!(room = %room, identity = %claims.sub, error = %e, "{kind} refused");
+            return error_response(&e);
+        }
+    };
+    let location = format!("/{kind}/{room}/session/{resource}");
+    let mut r = (StatusCode::CREATED, joined.answer.unwrap_or_default()).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{resource}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    for s in &sfu.config().ice_servers {
+        for u in &s.urls {
+            let mut link = format!("<{u}>; rel=\"ice-server\"");
+            if let (Some(user), Some(cred)) = (&s.username, &s.credential) {
+                link.push_str(&format!("; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""));
+            }
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                h.append(header::LINK, v);
+            }
+        }
+    }
+    r
+}
+
+async fn whip_post(State(sfu): State<Sfu>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    offer_answer(sfu, headers, room, PeerRole::Whip, body, "whip").await
+}
+
+async fn whep_post(
+    State(sfu): State<Sfu>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer_answer(sfu, headers, room, PeerRole::Whep { target: Some(identity) }, body, "whep").await
+}
+
+async fn whep_room_post(State(sfu): State<Sfu>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    offer_answer(sfu, headers, room, PeerRole::Whep { target: None }, body, "whep").await
+}
+
+async fn patch_resource(
+    State(sfu): State<Sfu>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = check_content_type(&headers, "application/trickle-ice-sdpfrag") {
+        return r;
+    }
+    if let Err(e) = authorize(&sfu, &headers, &room) {
+        return error_response(&e);
+    }
+    let Ok(frag) = String::from_utf8(body.to_vec()) else {
+        return error_response(&SfuError::BadSdp("the fragment is not UTF-8".into()));
+    };
+    match sfu.request(|reply| Request::Patch { resource: id, room, frag, reply }).await {
+        Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(Some(answer))) => {
+            let mut r = (StatusCode::OK, answer).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/trickle-ice-sdpfrag"));
+            r
+        }
+        Ok(Err(e)) | Err(e) => error_response(&e),
+    }
+}
+
+async fn delete_resource(
+    State(sfu): State<Sfu>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&sfu, &headers, &room) {
+        return error_response(&e);
+    }
+    match sfu.request(|reply| Request::LeaveResource { resource: id, room, reply }).await {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) | Err(e) => error_response(&e),
+    }
+}
+
+async fn ws_upgrade(State(sfu): State<Sfu>, Path(room): Path<String>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_MESSAGE_BYTES).max_frame_size(MAX_MESSAGE_BYTES).on_upgrade(move |s| ws_session(sfu, room, s))
+}
+
+async fn send_msg(ws: &mut WebSocket, msg: &ServerMessage) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(s) => ws.send(Message::Text(s.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn ws_error(ws: &mut WebSocket, code: ErrorCode, message: String) {
+    let _ = send_msg(ws, &ServerMessage::Error { code, message }).await;
+}
+
+fn error_code(e: &SfuError) -> ErrorCode {
+    match e {
+        SfuError::Auth(a) if a.http_status() == 403 => ErrorCode::Forbidden,
+        SfuError::Auth(_) => ErrorCode::Unauthorized,
+        SfuError::RoomFull { .. } => ErrorCode::RoomFull,
+        SfuError::TooManyRooms { .. } => ErrorCode::TooManyRooms,
+        SfuError::TooManyTracks { .. } => ErrorCode::TooManyTracks,
+        SfuError::Overloaded { .. } => ErrorCode::Overloaded,
+        SfuError::BadSdp(_) | SfuError::CodecNotAllowed(_) => ErrorCode::BadSdp,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// One WebSocket client: `join` first, then messages both ways until either side ends.
+async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
+    // 1. join, within JOIN_TIMEOUT
+    let first = tokio::time::timeout(JOIN_TIMEOUT, ws.recv()).await;
+    let text = match first {
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(_) => return,
+        Err(_) => {
+            ws_error(&mut ws, ErrorCode::BadMessage, "send `join` first (within 10 s)".into()).await;
+            return;
+        }
+    };
+    let (token, auto_subscribe) = match serde_json::from_str::<ClientMessage>(&text) {
+        Ok(ClientMessage::Join { token, auto_subscribe }) => (token, auto_subscribe),
+        Ok(_) => return ws_error(&mut ws, ErrorCode::BadMessage, "the first message must be `join`".into()).await,
+        Err(e) => return ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await,
+    };
+    if !valid_name(&room) {
+        return ws_error(&mut ws, ErrorCode::BadMessage, "bad room name".into()).await;
+    }
+    let claims = match sfu.verifier().verify_for_room(&token, &room, unix_now()) {
+        Ok(c) => c,
+        Err(e) => return ws_error(&mut ws, error_code(&SfuError::Auth(e.clone())), e.to_string()).await,
+    };
+    let (sig_tx, mut sig_rx) = mpsc::channel::<ServerMessage>(512);
+    let join = RemoteJoin {
+        room: room.clone(),
+        identity: claims.sub.clone(),
+        name: claims.name.clone(),
+        grants: claims.grants.clone(),
+        role: PeerRole::Room { auto_subscribe },
+        offer: None,
+        resource: None,
+    };
+    let id = match sfu.request(|reply| Request::Join { join, signals: Some(sig_tx), reply }).await {
+        Ok(Ok(j)) => j.id,
+        Ok(Err(e)) | Err(e) => {
+            let retry = matches!(e, SfuError::Overloaded { .. } | SfuError::RoomFull { .. } | SfuError::TooManyRooms { .. });
+            ws_error(&mut ws, error_code(&e), e.to_string()).await;
+            if retry {
+                let _ = send_msg(&mut ws, &ServerMessage::Closing { reason: e.to_string(), retry_after_ms: Some(1000) })
+                    .await;
+            }
+            return;
+        }
+    };
+    tracing::info!(room = %room, identity = %claims.sub, participant = id, "room client joined");
+    // 2. relay both ways
+    let mut reason = LeaveReason::ConnectionLost;
+    loop {
+        tokio::select! {
+            m = sig_rx.recv() => match m {
+                Some(m) => {
+                    let end = matches!(m, ServerMessage::Kicked { .. } | ServerMessage::Closing { .. });
+                    if !send_msg(&mut ws, &m).await { break; }
+                    if end { reason = LeaveReason::Kicked; break; }
+                }
+                None => { reason = LeaveReason::Kicked; break; } // the engine dropped us
+            },
+            m = ws.recv() => match m {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(&t) {
+                    Ok(ClientMessage::Leave {}) => { reason = LeaveReason::Left; break; }
+                    Ok(msg) => { if sfu.send(Request::Client(id, msg)).await.is_err() { break; } }
+                    Err(e) => ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await,
+                },
+                Some(Ok(Message::Binary(_))) => ws_error(&mut ws, ErrorCode::BadMessage, "text frames only".into()).await,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    sfu.send_control(Request::Leave(id, reason));
+    let _ = ws.send(Message::Close(None)).await;
+}
