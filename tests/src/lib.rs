@@ -24,6 +24,7 @@ pub mod browser;
 pub mod cdp;
 pub mod netns;
 pub mod runner;
+pub mod sfu;
 pub mod stats;
 pub mod wait;
 pub mod web;
@@ -32,6 +33,7 @@ pub use browser::{Browser, LaunchOptions, Tab};
 pub use stats::{PcStats, WatchedVideo};
 pub use wait::wait_until;
 pub use web::WebServer;
+pub use sfu::TestSfu;
 
 use sfu_core::auth::{Claims, Grants, sign_hs256};
 

@@ -155,8 +155,14 @@ pub struct Squeeze {
 }
 
 impl Squeeze {
-    /// `tc qdisc replace dev DEV root tbf rate RATEkbit burst BURST latency 50ms`.
+    /// `tc qdisc replace dev DEV root tbf rate RATEkbit burst BURST latency 50ms`:
+    /// a shallow buffer, so excess traffic is dropped rather than queued.
     pub fn apply(dev: &str, rate_kbit: u32) -> anyhow::Result<Squeeze> {
+        Self::apply_with(dev, rate_kbit, 50)
+    }
+
+    /// The same with a queue that holds `latency_ms` of traffic before dropping.
+    pub fn apply_with(dev: &str, rate_kbit: u32, latency_ms: u32) -> anyhow::Result<Squeeze> {
         // A burst of ~40 ms at the rate, but at least two full-size packets.
         let burst = (rate_kbit as usize * 1000 / 8 / 25).max(3200);
         sh(
@@ -173,7 +179,7 @@ impl Squeeze {
                 "burst",
                 &burst.to_string(),
                 "latency",
-                "50ms",
+                &format!("{latency_ms}ms"),
             ],
         )?;
         Ok(Squeeze { dev: dev.to_owned() })

@@ -90,12 +90,17 @@ pub const STATS_JS: &str = r#"
             let v = watch.videos[key];
             if (!v) {
               v = watch.videos[key] = { pc: i, mid: s.mid ?? null, framesDecoded: 0, firstFrameAt: null,
-                lastFrameAt: null, maxStallMs: 0, widths: [] };
+                lastFrameAt: null, maxStallMs: 0, widths: [], stalls: [] };
             }
             const f = num(s.framesDecoded);
             if (f > v.framesDecoded) {
-              if (v.lastFrameAt !== null) v.maxStallMs = Math.max(v.maxStallMs, now - v.lastFrameAt);
-              else v.firstFrameAt = now;
+              if (v.lastFrameAt !== null) {
+                const gap = now - v.lastFrameAt;
+                v.maxStallMs = Math.max(v.maxStallMs, gap);
+                if (gap >= 400) v.stalls.push({ fromMs: Math.round(v.lastFrameAt), ms: Math.round(gap) });
+              } else {
+                v.firstFrameAt = now;
+              }
               v.lastFrameAt = now;
               v.framesDecoded = f;
             }
@@ -124,6 +129,7 @@ pub const STATS_JS: &str = r#"
   function resetWatch() {
     for (const v of Object.values(watch.videos)) {
       v.maxStallMs = 0;
+      v.stalls = [];
       v.widths = v.widths.slice(-1);
     }
     return true;
@@ -253,7 +259,17 @@ pub struct WatchedVideo {
     pub max_stall_ms: u64,
     /// Every change of `frameWidth`, in order.
     pub widths: Vec<WidthChange>,
+    /// Every gap of 400 ms or more between decoded frames.
+    pub stalls: Vec<Stall>,
     pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stall {
+    /// Page time (ms) of the last frame before the gap.
+    pub from_ms: u64,
+    pub ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -48,6 +48,8 @@ export class RoomSession extends EventTarget {
     this.autoSubscribe = opts.autoSubscribe !== false;
     this.wantTrack = opts.wantTrack || (() => true);
     this.baseUrl = opts.baseUrl || location.origin;
+    /** Log every signaling message (also: localStorage['roombox.debug'] = '1'). */
+    this.debug = !!opts.debug || globalThis.localStorage?.getItem('roombox.debug') === '1';
 
     this.state = 'idle';
     this.you = null;
@@ -77,6 +79,7 @@ export class RoomSession extends EventTarget {
     this.retryTimer = null;
     this.pingTimer = null;
     this.lastPong = 0;
+    this.inbox = Promise.resolve();
   }
 
   // ---- public API ---------------------------------------------------------
@@ -214,7 +217,11 @@ export class RoomSession extends EventTarget {
         console.warn('room: ignoring a message that is not JSON');
         return;
       }
-      this._onMessage(msg).catch((err) => console.error('room: handling', msg.type, err));
+      // One message at a time, in order: an answer must be applied before the
+      // offer that follows it is judged for glare.
+      this.inbox = this.inbox
+        .then(() => (this.ws === ws ? this._onMessage(msg) : undefined))
+        .catch((err) => console.error('room: handling', msg.type, err));
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -277,6 +284,7 @@ export class RoomSession extends EventTarget {
   }
 
   _send(msg) {
+    if (this.debug) console.debug('room ->', msg.type, JSON.stringify(msg).slice(0, 300));
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
@@ -287,6 +295,7 @@ export class RoomSession extends EventTarget {
   // ---- messages -----------------------------------------------------------
 
   async _onMessage(msg) {
+    if (this.debug) console.debug('room <-', msg.type, JSON.stringify(msg).slice(0, 300));
     switch (msg.type) {
       case 'joined': return this._onJoined(msg);
       case 'participant_joined':
