@@ -17,8 +17,10 @@ const $ = (s) => document.querySelector(s);
 
 let keeper = null;
 const timers = [];
+/** The box has no GPIO endpoint: stop asking every 2 s. */
+let gpioMissing = false;
 
-const link = readJoinLink();
+const link = readJoinLink(location, { remember: false });
 const saved = JSON.parse(sessionStorage.getItem(STORE) || 'null');
 if (link.token) start({ access: link.token, refresh: link.refresh });
 else if (saved && saved.access) start(saved);
@@ -38,14 +40,15 @@ function login() {
   };
 }
 
-function start(tokens) {
+async function start(tokens) {
   const claims = jwtClaims(tokens.access) || {};
   if (!claims.grants || !claims.grants.admin) {
     showStatus('This token does not grant admin rights.', 'error');
     login();
     return;
   }
-  keeper = new TokenKeeper(tokens);
+  keeper = new TokenKeeper({ room: claims.room || '*', access: tokens.access, refresh: tokens.refresh || null });
+  await keeper.ready();
   const persist = () => sessionStorage.setItem(STORE, JSON.stringify({ access: keeper.access, refresh: keeper.refresh }));
   persist();
   keeper.addEventListener('refreshed', persist);
@@ -112,7 +115,7 @@ async function refreshLive() {
     }
     $('#live').replaceChildren(...blocks);
   });
-  await section($('#gpio'), refreshGpio);
+  if (!gpioMissing) await section($('#gpio'), refreshGpio);
 }
 
 function roomsTable(rooms) {
@@ -138,12 +141,13 @@ function liveRoom(room, people) {
       const tracks = p.tracks || [];
       const audio = tracks.filter((t) => t.kind === 'audio');
       const video = tracks.filter((t) => t.kind === 'video' && t.source !== 'screen');
+      const label = (t) => t.source || t.kind;
       const audioMuted = audio.length > 0 && audio.every((t) => t.muted);
       const videoMuted = video.length > 0 && video.every((t) => t.muted);
       const who = p.name || p.identity;
       return h('li', {},
         h('span', { class: 'who' }, who, p.local ? h('span', { class: 'tag' }, 'room') : null),
-        h('span', { class: 'tracks muted' }, tracks.map((t) => `${t.source}${t.muted ? ' (muted)' : ''}`).join(', ') || 'watching'),
+        h('span', { class: 'tracks muted' }, tracks.map((t) => `${label(t)}${t.muted ? ' (muted)' : ''}`).join(', ') || 'watching'),
         p.local ? null : h('span', { class: 'actions' },
           audio.length ? h('button', { type: 'button', 'aria-label': `${audioMuted ? 'Unmute' : 'Mute'} ${who}`, onclick: () => mute(room, p.identity, 'audio', !audioMuted) }, audioMuted ? 'Unmute' : 'Mute') : null,
           video.length ? h('button', { type: 'button', 'aria-label': `${videoMuted ? 'Allow video of' : 'Stop video of'} ${who}`, onclick: () => mute(room, p.identity, 'video', !videoMuted) }, videoMuted ? 'Video on' : 'Video off') : null,
@@ -186,16 +190,29 @@ async function addRoom(e) {
   }
 }
 
-/** Ask the box for a token and show the link (guest: publish+subscribe for 8 h; TV: subscribe only). */
+/**
+ * Ask the box for an invite and show the link. Guests: publish and subscribe
+ * for 12 h (each person who opens it gets their own identity); the TV:
+ * subscribe only, for as long as the box allows (24 h by default).
+ */
 async function makeLink(room, kind) {
+  const display = kind === 'display';
+  const body = {
+    room, identity: 'invite', grants: { publish: !display, subscribe: true },
+    ttl_secs: display ? 24 * 3600 : 12 * 3600,
+  };
   try {
-    const display = kind === 'display';
-    const identity = display ? `display-${room}` : `guest-${Math.random().toString(36).slice(2, 8)}`;
-    const r = await call('POST', '/tokens', {
-      room, identity, publish: !display, subscribe: true, ttl_secs: display ? 30 * 24 * 3600 : 8 * 3600,
-    });
-    const url = r.url || `${location.origin}${display ? '/display' : '/'}?room=${encodeURIComponent(room)}&token=${encodeURIComponent(r.token)}`;
-    $('#link-label').textContent = display ? `TV link for ${room}` : `Join link for ${room}`;
+    let r;
+    try {
+      r = await call('POST', '/tokens', body);
+    } catch (err) {
+      if (err.status !== 400) throw err;
+      delete body.ttl_secs; // the box allows less: take its default
+      r = await call('POST', '/tokens', body);
+    }
+    const url = `${location.origin}${display ? '/display' : '/'}#room=${encodeURIComponent(room)}&token=${encodeURIComponent(r.token)}`;
+    const until = r.expires_at ? ` (valid until ${new Date(r.expires_at * 1000).toLocaleString()})` : '';
+    $('#link-label').textContent = `${display ? 'TV link' : 'Join link'} for ${room}${until}`;
     $('#link-text').value = url;
     $('#link-out').hidden = false;
     $('#link-text').select();
@@ -209,8 +226,27 @@ async function makeLink(room, kind) {
 function refreshDevice() {
   return section($('#device'), async () => {
     const d = (await call('GET', '/device')) || {};
-    $('#device').replaceChildren(...flatten(d).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+    const items = flatten(d).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]);
+    const toggles = [];
+    if (typeof d.mic_muted === 'boolean') {
+      toggles.push(h('button', { type: 'button', 'aria-pressed': String(d.mic_muted), onclick: () => patchDevice({ mic_muted: !d.mic_muted }) },
+        d.mic_muted ? 'Unmute room microphone' : 'Mute room microphone'));
+    }
+    if (typeof d.camera_off === 'boolean') {
+      toggles.push(h('button', { type: 'button', 'aria-pressed': String(d.camera_off), onclick: () => patchDevice({ camera_off: !d.camera_off }) },
+        d.camera_off ? 'Turn room camera on' : 'Turn room camera off'));
+    }
+    $('#device').replaceChildren(...items, h('dt', { class: 'visually-hidden' }, 'switches'), h('dd', { class: 'row' }, toggles));
   });
+}
+
+async function patchDevice(change) {
+  try {
+    await call('PATCH', '/device', change);
+  } catch (err) {
+    showStatus(err.message, 'error');
+  }
+  refreshDevice();
 }
 
 /** {camera: {state: 'ok'}} → [['camera state', 'ok']], with units for the usual keys. */
@@ -244,7 +280,13 @@ function duration(s) {
 // ---- GPIO --------------------------------------------------------------------
 
 async function refreshGpio() {
-  const g = (await call('GET', '/device/gpio')) || {};
+  let g;
+  try {
+    g = (await call('GET', '/device/gpio')) || {};
+  } catch (err) {
+    if (err.status === 404) gpioMissing = true;
+    throw err;
+  }
   $('#gpio-kind').textContent = g.simulated
     ? 'Simulated: this box has no GPIO lines, so the buttons below stand in for the real ones.'
     : 'The box\'s real buttons and LEDs.';

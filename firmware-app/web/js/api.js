@@ -10,7 +10,7 @@ export class ApiError extends Error {
 /**
  * `api(token, 'GET', '/rooms')` → parsed JSON (or null for 204).
  * Errors carry the HTTP status and the server's message when it sent one
- * (`{"error": "..."}` or `{"message": "..."}`).
+ * (`{"error": {"code": "...", "message": "..."}}`).
  */
 export async function api(token, method, path, body) {
   const headers = { Accept: 'application/json' };
@@ -28,7 +28,8 @@ export async function api(token, method, path, body) {
     json = text ? JSON.parse(text) : null;
   } catch { /* not JSON */ }
   if (!res.ok) {
-    const msg = (json && (json.message || json.error)) || text || res.statusText;
+    const e = json && json.error;
+    const msg = (e && (e.message || e.code)) || text || res.statusText;
     throw new ApiError(res.status, `${res.status}: ${typeof msg === 'string' ? msg : JSON.stringify(msg)}`);
   }
   return json;

@@ -4,7 +4,7 @@
 // (`autojoin=1` skips the device preview, for kiosks and tests.)
 // For diagnostics, `window.roombox` holds the session and the local media.
 
-import { readJoinLink, TokenKeeper, jwtClaims } from './auth.js';
+import { readJoinLink, TokenKeeper, jwtClaims, isInvite, describeAuthError } from './auth.js';
 import { RoomSession } from './session.js';
 import { LocalMedia, listDevices, canPickSpeaker, canShareScreen } from './media.js';
 import { Grid } from './grid.js';
@@ -13,6 +13,7 @@ import { QualityBadge } from './quality.js';
 import { registerServiceWorker, showStatus, show } from './ui.js';
 
 const $ = (sel) => document.querySelector(sel);
+const NAME_KEY = 'roombox.name';
 
 const link = readJoinLink();
 const media = new LocalMedia();
@@ -50,13 +51,23 @@ async function prejoin() {
   show('prejoin');
   const claims = jwtClaims(link.token) || {};
   $('#prejoin-room').textContent = link.room;
-  $('#prejoin-who').textContent = claims.sub ? `as ${claims.name || claims.sub}` : '';
   document.title = `Join ${link.room} — roombox`;
+  if (isInvite(link.token)) {
+    // An invite: the name is ours to choose (remembered for next time).
+    $('#name-row').hidden = false;
+    $('#display-name').value = link.name || localStorage.getItem(NAME_KEY) || '';
+  } else {
+    $('#prejoin-who').textContent = claims.sub ? `as ${claims.name || claims.sub}` : '';
+  }
   const errors = await media.start();
   showErrors(errors);
   $('#preview').srcObject = media.video ? new MediaStream([media.video]) : null;
   $('#prejoin-settings').addEventListener('click', openSettings);
-  $('#join').addEventListener('click', () => join([]), { once: true });
+  $('#join').addEventListener('click', () => {
+    const name = $('#display-name').value.trim();
+    if (name) localStorage.setItem(NAME_KEY, name);
+    join([], name || null);
+  }, { once: true });
   $('#join').focus();
 }
 
@@ -65,13 +76,20 @@ function showErrors(errors) {
   ul.replaceChildren(...errors.map((t) => Object.assign(document.createElement('li'), { textContent: t })));
 }
 
-function join(startErrors) {
+async function join(startErrors, name = null) {
   show('meeting');
   for (const e of startErrors) showStatus(e, 'error');
   $('#room-name').textContent = link.room;
   document.title = `${link.room} — roombox`;
 
-  keeper = new TokenKeeper({ access: link.token, refresh: link.refresh });
+  keeper = TokenKeeper.fromLink(link, { name: name || link.name });
+  try {
+    showStatus('Joining…');
+    await keeper.ready();
+  } catch (err) {
+    ended('Could not join', describeAuthError(err));
+    return;
+  }
   keeper.addEventListener('expired', () => showStatus('Your access has expired; you stay in this meeting until you leave.', 'warn'));
   session = new RoomSession({ room: link.room, token: () => keeper.current() });
   if (media.audio) session.publish('mic', media.audio, { source: 'microphone' });

@@ -1,14 +1,15 @@
 // `/display`: the muted full-screen view on the room's TV.
 //
-// Link: /display?room=R&token=T with a subscribe-only token. Only video is
+// Link: /display#room=R&token=T with a subscribe-only token (an invite is
+// exchanged, joining as "Room display", which the grids do not show). Only video is
 // subscribed (the box's speakers play the remote people; the TV must not, or
 // the room hears them twice). It never gives up: after a refusal it tries
 // again every 30 s, so the TV recovers on its own after a reboot of the box.
 // Double-click (or Enter) for full screen; the pointer hides when idle.
 
-import { readJoinLink, TokenKeeper } from './auth.js';
+import { readJoinLink, TokenKeeper, describeAuthError } from './auth.js';
 import { RoomSession } from './session.js';
-import { Grid } from './grid.js';
+import { Grid, DISPLAY_NAME } from './grid.js';
 import { showStatus } from './ui.js';
 
 const RETRY_AFTER_REFUSAL_MS = 30000;
@@ -21,8 +22,17 @@ if (!link.token || !link.room) {
   run();
 }
 
-function run() {
-  const keeper = new TokenKeeper({ access: link.token, refresh: link.refresh });
+async function run() {
+  const keeper = TokenKeeper.fromLink(link, { name: DISPLAY_NAME });
+  for (;;) {
+    try {
+      await keeper.ready();
+      break;
+    } catch (err) {
+      showStatus(`${describeAuthError(err)} Trying again in ${RETRY_AFTER_REFUSAL_MS / 1000} s.`, 'error');
+      await new Promise((r) => setTimeout(r, RETRY_AFTER_REFUSAL_MS));
+    }
+  }
   const session = new RoomSession({
     room: link.room,
     token: () => keeper.current(),

@@ -9,6 +9,9 @@ import { canPickSpeaker } from './media.js';
 
 const VIDEO_SOURCES = new Set(['camera', 'room_camera']);
 
+/** The name the room's TV (`/display`) joins with; it is not shown as a person. */
+export const DISPLAY_NAME = 'Room display';
+
 /** Initials for a tile without video. */
 function initials(name) {
   const parts = String(name).replace(/[^\p{L}\p{N} ]/gu, ' ').trim().split(/\s+/);
@@ -73,7 +76,7 @@ export class Grid {
       const tracks = [...p.tracks.values()];
       const cam = tracks.find((t) => t.kind === 'video' && VIDEO_SOURCES.has(t.source));
       const audio = tracks.filter((t) => t.kind === 'audio');
-      if (!tracks.length && /^display/.test(p.identity)) continue; // the room's TV is not a person
+      if (!tracks.length && (p.name === DISPLAY_NAME || /^display/.test(p.identity))) continue; // the TV is not a person
       out.push({
         key: `p:${p.identity}`, identity: p.identity, name: p.name || (p.local ? 'Room' : p.identity),
         source: cam ? cam.source : 'camera', trackId: cam ? cam.id : null,
