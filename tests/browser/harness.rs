@@ -43,14 +43,18 @@ async fn loopback_call_decodes_fake_media() -> anyhow::Result<()> {
     let width = stats.iter().flat_map(|p| p.inbound_of("video")).map(|i| i.frame_width).max().unwrap_or(0);
     ensure!(width > 0 && width <= 1280, "decoded width {width}");
 
-    let played: u64 = tab
-        .eval_as("document.getElementById('remote').getVideoPlaybackQuality().totalVideoFrames")
-        .await?;
+    let played: u64 =
+        tab.eval_as("document.getElementById('remote').getVideoPlaybackQuality().totalVideoFrames").await?;
     ensure!(played > 0, "the <video> element rendered no frame");
 
     let png = artifacts_dir().join("harness/loopback.png");
     tab.screenshot(&png).await?;
-    println!("    decoded {} frames at {width} px, {} audio packets; screenshot {}", later.0, later.1, png.display());
+    println!(
+        "    decoded {} frames at {width} px, {} audio packets; screenshot {}",
+        later.0,
+        later.1,
+        png.display()
+    );
     Ok(())
 }
 
@@ -75,7 +79,8 @@ async fn squeezed_link_lowers_the_received_rate() -> anyhow::Result<()> {
     let web = WebServer::start((link.host_ip, 0).into(), None).await?;
     let origin = format!("--unsafely-treat-insecure-origin-as-secure={}", web.url(""));
     let sender_browser =
-        Browser::launch(LaunchOptions { label: "sender".into(), args: vec![origin.clone()], netns: None }).await?;
+        Browser::launch(LaunchOptions { label: "sender".into(), args: vec![origin.clone()], netns: None })
+            .await?;
     let receiver_browser = Browser::launch(LaunchOptions {
         label: "receiver".into(),
         args: vec![origin],
@@ -89,7 +94,8 @@ async fn squeezed_link_lowers_the_received_rate() -> anyhow::Result<()> {
         t.wait_for("page ready", "window.ready === true", Duration::from_secs(20)).await?;
     }
     let offer: String = sender.eval_as("window.startSender(1500)").await?;
-    let answer: String = receiver.eval_as(&format!("window.startReceiver({})", serde_json::to_string(&offer)?)).await?;
+    let answer: String =
+        receiver.eval_as(&format!("window.startReceiver({})", serde_json::to_string(&offer)?)).await?;
     sender.eval(&format!("window.accept({})", serde_json::to_string(&answer)?)).await?;
 
     let rate = |tab: Tab| async move {
@@ -109,27 +115,29 @@ async fn squeezed_link_lowers_the_received_rate() -> anyhow::Result<()> {
     let squeeze = Squeeze::apply(&link.host_dev, 300).context("tc tbf")?;
     let t0 = Instant::now();
     meter.reset();
-    let squeezed = wait_until("the received rate to fall under 400 kbit/s", Duration::from_secs(30), async || {
-        let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
-        match r {
-            Some(bps) if bps < 400_000.0 => Ok(bps),
-            other => anyhow::bail!("rate {other:?}"),
-        }
-    })
-    .await?;
+    let squeezed =
+        wait_until("the received rate to fall under 400 kbit/s", Duration::from_secs(30), async || {
+            let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
+            match r {
+                Some(bps) if bps < 400_000.0 => Ok(bps),
+                other => anyhow::bail!("rate {other:?}"),
+            }
+        })
+        .await?;
     let fell_after = t0.elapsed();
 
     squeeze.lift()?;
     let t1 = Instant::now();
     meter.reset();
-    let recovered = wait_until("the received rate to climb over 700 kbit/s", Duration::from_secs(60), async || {
-        let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
-        match r {
-            Some(bps) if bps > 700_000.0 => Ok(bps),
-            other => anyhow::bail!("rate {other:?}"),
-        }
-    })
-    .await?;
+    let recovered =
+        wait_until("the received rate to climb over 700 kbit/s", Duration::from_secs(60), async || {
+            let r = meter.push(Instant::now(), rate(receiver.clone()).await?);
+            match r {
+                Some(bps) if bps > 700_000.0 => Ok(bps),
+                other => anyhow::bail!("rate {other:?}"),
+            }
+        })
+        .await?;
     println!(
         "    free {:.0} kbit/s; squeezed to 300 kbit/s: {:.0} kbit/s after {:.1} s; lifted: {:.0} kbit/s after {:.1} s",
         free / 1e3,
@@ -150,7 +158,8 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
 
     // No link: the start screen asks for one.
     let tab = browser.new_tab(&web.url("/")).await?;
-    tab.wait_for("the start screen", "!document.getElementById('start').hidden", Duration::from_secs(10)).await?;
+    tab.wait_for("the start screen", "!document.getElementById('start').hidden", Duration::from_secs(10))
+        .await?;
     let cached: u64 = tab
         .eval_as(
             "(async () => { await navigator.serviceWorker.ready; \
@@ -158,7 +167,8 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
         )
         .await?;
     ensure!(cached >= 19, "the service worker cached {cached} shell files");
-    let manifest: serde_json::Value = tab.eval_as("fetch('/manifest.webmanifest').then(r => r.json())").await?;
+    let manifest: serde_json::Value =
+        tab.eval_as("fetch('/manifest.webmanifest').then(r => r.json())").await?;
     ensure!(manifest["icons"].as_array().is_some_and(|i| !i.is_empty()), "manifest: {manifest}");
 
     // Pure helpers, in the browser that runs them.
@@ -186,7 +196,8 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
     // A link but no room server: the preview plays, joining says it is reconnecting,
     // and the token is gone from the address bar.
     let tab = browser.new_tab(&web.url("/?room=r1&token=abc.def.ghi")).await?;
-    tab.wait_for("the preview", "document.getElementById('preview').videoWidth > 0", Duration::from_secs(15)).await?;
+    tab.wait_for("the preview", "document.getElementById('preview').videoWidth > 0", Duration::from_secs(15))
+        .await?;
     let href: String = tab.eval_as("location.href").await?;
     ensure!(!href.contains("token"), "the token is still in the address bar: {href}");
     tab.eval("document.getElementById('join').click()").await?;
@@ -199,10 +210,15 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
 
     // The TV page without a link, and the admin page without a session.
     let tab = browser.new_tab(&web.url("/display")).await?;
-    tab.wait_for("the display's error", "/display link/.test(document.getElementById('status').textContent)", Duration::from_secs(10))
-        .await?;
+    tab.wait_for(
+        "the display's error",
+        "/display link/.test(document.getElementById('status').textContent)",
+        Duration::from_secs(10),
+    )
+    .await?;
     let tab2 = browser.new_tab(&web.url("/admin")).await?;
-    tab2.wait_for("the admin login", "!document.getElementById('login').hidden", Duration::from_secs(10)).await?;
+    tab2.wait_for("the admin login", "!document.getElementById('login').hidden", Duration::from_secs(10))
+        .await?;
 
     for t in [&tab, &tab2] {
         let uncaught: Vec<String> = t.console().into_iter().filter(|l| l.starts_with("[uncaught]")).collect();

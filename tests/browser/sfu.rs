@@ -48,14 +48,23 @@ fn per_stream(stats: &[PcStats], kind: &str) -> HashMap<String, (u64, u64)> {
 
 /// Wait until `tab` decodes `videos` video streams and receives `audios` audio
 /// streams, then until every one of them has moved on (frames +15, packets +25).
-async fn wait_media_flowing(tab: &Tab, videos: usize, audios: usize, timeout: Duration) -> anyhow::Result<()> {
-    let first = wait_until(&format!("{}: {videos} videos decoding, {audios} audios arriving", tab.label()), timeout, async || {
-        let s = tab.stats().await?;
-        let v: HashMap<_, _> = per_stream(&s, "video").into_iter().filter(|(_, (f, _))| *f > 0).collect();
-        let a: HashMap<_, _> = per_stream(&s, "audio").into_iter().filter(|(_, (_, p))| *p > 0).collect();
-        ensure!(v.len() >= videos && a.len() >= audios, "video {v:?}, audio {a:?}");
-        Ok((v, a))
-    })
+async fn wait_media_flowing(
+    tab: &Tab,
+    videos: usize,
+    audios: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let first = wait_until(
+        &format!("{}: {videos} videos decoding, {audios} audios arriving", tab.label()),
+        timeout,
+        async || {
+            let s = tab.stats().await?;
+            let v: HashMap<_, _> = per_stream(&s, "video").into_iter().filter(|(_, (f, _))| *f > 0).collect();
+            let a: HashMap<_, _> = per_stream(&s, "audio").into_iter().filter(|(_, (_, p))| *p > 0).collect();
+            ensure!(v.len() >= videos && a.len() >= audios, "video {v:?}, audio {a:?}");
+            Ok((v, a))
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", tab.console_tail(80)))?;
     wait_until(&format!("{}: every stream to keep flowing", tab.label()), timeout, async || {
@@ -135,7 +144,8 @@ async fn three_participants_see_and_hear_each_other() -> anyhow::Result<()> {
 async fn whip_publisher_is_watched_through_whep(codec: &str) -> anyhow::Result<()> {
     let sfu = TestSfu::start().await?;
     let room = format!("whip-{}", codec.to_lowercase());
-    let browser = Browser::launch(LaunchOptions { label: format!("whip-{codec}"), ..Default::default() }).await?;
+    let browser =
+        Browser::launch(LaunchOptions { label: format!("whip-{codec}"), ..Default::default() }).await?;
     let publisher_tab = browser.new_tab(&sfu.url("/pages/whip.html")).await?.named("publisher");
     let viewer_tab = browser.new_tab(&sfu.url("/pages/whip.html")).await?.named("viewer");
     let speaker_tab = browser.new_tab(&sfu.url("/pages/whip.html")).await?.named("speaker-viewer");
@@ -168,7 +178,11 @@ async fn whip_publisher_is_watched_through_whep(codec: &str) -> anyhow::Result<(
         video.codec
     );
     let sent = publisher_tab.stats().await?;
-    let out = sent.iter().flat_map(|p| p.outbound.iter()).find(|o| o.kind == "video").context("no outbound video")?;
+    let out = sent
+        .iter()
+        .flat_map(|p| p.outbound.iter())
+        .find(|o| o.kind == "video")
+        .context("no outbound video")?;
     ensure!(out.codec.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&want)), "published {:?}", out.codec);
 
     for (tab, what) in [(&viewer_tab, "WHEP"), (&speaker_tab, "WHEP speaker"), (&publisher_tab, "WHIP")] {
@@ -204,12 +218,16 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
     let sfu = TestSfu::start_with(|c| c.candidate_ips = vec![LAN_IP.into(), link.host_ip.into()]).await?;
     let room = "squeeze";
 
-    let pub_browser = Browser::launch(LaunchOptions { label: "publisher".into(), ..Default::default() }).await?;
+    let pub_browser =
+        Browser::launch(LaunchOptions { label: "publisher".into(), ..Default::default() }).await?;
     let sub_url = sfu.url_on(link.host_ip.into(), "/pages/room.html");
     let sub_browser = Browser::launch(LaunchOptions {
         label: "subscriber".into(),
         netns: Some(link.name.clone()),
-        args: vec![format!("--unsafely-treat-insecure-origin-as-secure={}", sfu.url_on(link.host_ip.into(), ""))],
+        args: vec![format!(
+            "--unsafely-treat-insecure-origin-as-secure={}",
+            sfu.url_on(link.host_ip.into(), "")
+        )],
     })
     .await?;
     let pub_tab = pub_browser.new_tab(&sfu.url("/pages/room.html")).await?.named("publisher");
@@ -301,8 +319,10 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
     let layers: serde_json::Value = sub_tab.eval("window.layers").await?;
     let v = report.iter().max_by_key(|v| v.frames_decoded).context("no watched video")?;
     let rel = |ms: u64| ms as f64 - squeezed_at;
-    let widths: Vec<String> = v.widths.iter().map(|w| format!("{}@{:+.0}ms", w.width, rel(w.at_ms))).collect();
-    let stalls: Vec<String> = v.stalls.iter().map(|s| format!("{}ms@{:+.0}ms", s.ms, rel(s.from_ms))).collect();
+    let widths: Vec<String> =
+        v.widths.iter().map(|w| format!("{}@{:+.0}ms", w.width, rel(w.at_ms))).collect();
+    let stalls: Vec<String> =
+        v.stalls.iter().map(|s| format!("{}ms@{:+.0}ms", s.ms, rel(s.from_ms))).collect();
     let inbound = sub_tab.stats().await?;
     let vin = inbound.iter().flat_map(|p| p.inbound_of("video")).next().context("no inbound video")?;
     println!(

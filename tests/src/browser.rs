@@ -146,10 +146,10 @@ impl Browser {
         let (port, path) = loop {
             if let Ok(s) = std::fs::read_to_string(&port_file) {
                 let mut lines = s.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    if let Ok(port) = port.trim().parse::<u16>() {
-                        break (port, path.trim().to_owned());
-                    }
+                if let (Some(port), Some(path)) = (lines.next(), lines.next())
+                    && let Ok(port) = port.trim().parse::<u16>()
+                {
+                    break (port, path.trim().to_owned());
                 }
             }
             if let Some(status) = child.try_wait()? {
@@ -196,7 +196,8 @@ impl Browser {
             .cdp
             .call("Target.attachToTarget", json!({ "targetId": target, "flatten": true }), None)
             .await?;
-        let session = r["sessionId"].as_str().ok_or_else(|| anyhow!("attachToTarget: no sessionId"))?.to_owned();
+        let session =
+            r["sessionId"].as_str().ok_or_else(|| anyhow!("attachToTarget: no sessionId"))?.to_owned();
         let tab = Tab { cdp: self.cdp.clone(), session, target, label: self.label.clone() };
         for m in ["Runtime.enable", "Page.enable", "Log.enable"] {
             tab.call(m, json!({})).await?;
@@ -270,8 +271,12 @@ impl Tab {
         if let Some(e) = r.get("errorText").and_then(Value::as_str) {
             bail!("{}: loading {url} failed: {e}", self.label);
         }
-        self.wait_for(&format!("page {url} loaded"), "document.readyState === 'complete'", Duration::from_secs(30))
-            .await?;
+        self.wait_for(
+            &format!("page {url} loaded"),
+            "document.readyState === 'complete'",
+            Duration::from_secs(30),
+        )
+        .await?;
         Ok(())
     }
 
@@ -302,7 +307,8 @@ impl Tab {
     /// [`eval`](Self::eval) into a typed value.
     pub async fn eval_as<T: DeserializeOwned>(&self, expr: &str) -> anyhow::Result<T> {
         let v = self.eval(expr).await?;
-        serde_json::from_value(v.clone()).with_context(|| format!("{}: `{}` returned {v}", self.label, short(expr)))
+        serde_json::from_value(v.clone())
+            .with_context(|| format!("{}: `{}` returned {v}", self.label, short(expr)))
     }
 
     /// Evaluate `expr` until it is truthy (returns that value) or `timeout`
@@ -343,7 +349,8 @@ impl Tab {
     pub fn console_tail(&self, n: usize) -> String {
         let c = self.console();
         let from = c.len().saturating_sub(n);
-        let mut s = format!("--- console of {} (last {} of {} lines) ---", self.label, c.len() - from, c.len());
+        let mut s =
+            format!("--- console of {} (last {} of {} lines) ---", self.label, c.len() - from, c.len());
         for l in &c[from..] {
             s.push('\n');
             s.push_str(l);

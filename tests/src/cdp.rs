@@ -145,10 +145,8 @@ fn route(text: &str, pending: &Pending, consoles: &Consoles) {
         "Runtime.consoleAPICalled" => {
             let p = &v["params"];
             let kind = p["type"].as_str().unwrap_or("log");
-            let args: Vec<String> = p["args"]
-                .as_array()
-                .map(|a| a.iter().map(remote_object_text).collect())
-                .unwrap_or_default();
+            let args: Vec<String> =
+                p["args"].as_array().map(|a| a.iter().map(remote_object_text).collect()).unwrap_or_default();
             format!("[{kind}] {}", args.join(" "))
         }
         "Runtime.exceptionThrown" => {

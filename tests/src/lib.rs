@@ -30,10 +30,10 @@ pub mod wait;
 pub mod web;
 
 pub use browser::{Browser, LaunchOptions, Tab};
+pub use sfu::TestSfu;
 pub use stats::{PcStats, WatchedVideo};
 pub use wait::wait_until;
 pub use web::WebServer;
-pub use sfu::TestSfu;
 
 use sfu_core::auth::{Claims, Grants, sign_hs256};
 

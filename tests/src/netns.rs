@@ -141,7 +141,8 @@ pub fn connect_in_netns(name: &str, addr: SocketAddr) -> anyhow::Result<std::net
             if r != 0 {
                 bail!("setns({path}): {}", std::io::Error::last_os_error());
             }
-            let s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr} in {name}"))?;
+            let s =
+                std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr} in {name}"))?;
             Ok(s)
         })
         .join()

@@ -49,7 +49,8 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { list: false, ignored_only: false, exact: false, filters: Vec::new(), skip: Vec::new() };
+    let mut a =
+        Args { list: false, ignored_only: false, exact: false, filters: Vec::new(), skip: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {

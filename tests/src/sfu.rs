@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use sfu_core::{Sfu, SfuConfig, TokenVerifier};
 
+use crate::TEST_SECRET;
 use crate::netns::LAN_IP;
 use crate::web::WebServer;
-use crate::TEST_SECRET;
 
 pub struct TestSfu {
     pub sfu: Sfu,

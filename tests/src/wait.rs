@@ -21,7 +21,10 @@ where
             Err(e) => e,
         };
         if start.elapsed() >= timeout {
-            return Err(anyhow!("timed out after {:.1} s waiting for {what}: {last:#}", timeout.as_secs_f64()));
+            return Err(anyhow!(
+                "timed out after {:.1} s waiting for {what}: {last:#}",
+                timeout.as_secs_f64()
+            ));
         }
         tokio::time::sleep(POLL).await;
     }

@@ -26,7 +26,7 @@ registerServiceWorker();
 
 if (!link.token || !link.room) {
   startScreen();
-} else if (new URLSearchParams(location.search).get('autojoin') === '1') {
+} else if (link.autojoin) {
   media.start().then((errors) => join(errors));
 } else {
   prejoin();

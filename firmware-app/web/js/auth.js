@@ -35,7 +35,7 @@ export function readJoinLink(loc = location, { remember = true } = {}) {
   const q = new URLSearchParams(loc.search);
   const f = new URLSearchParams(loc.hash.replace(/^#/, ''));
   const get = (k) => f.get(k) ?? q.get(k);
-  const link = { room: get('room'), token: get('token'), refresh: get('refresh'), name: get('name') };
+  const link = { room: get('room'), token: get('token'), refresh: get('refresh'), name: get('name'), autojoin: get('autojoin') === '1' };
   if (q.has('token') || q.has('refresh') || f.has('token') || f.has('refresh')) {
     q.delete('token');
     q.delete('refresh');
@@ -51,7 +51,9 @@ export function readJoinLink(loc = location, { remember = true } = {}) {
       sessionStorage.setItem(LINK_KEY, JSON.stringify(link));
     } else {
       const saved = JSON.parse(sessionStorage.getItem(LINK_KEY) || 'null');
-      if (saved && saved.token && (!link.room || link.room === saved.room)) return { ...saved, name: link.name ?? saved.name };
+      if (saved && saved.token && (!link.room || link.room === saved.room)) {
+        return { ...saved, name: link.name ?? saved.name, autojoin: link.autojoin || saved.autojoin };
+      }
     }
   } catch { /* storage disabled */ }
   return link;
