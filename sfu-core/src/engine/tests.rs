@@ -36,6 +36,7 @@ impl Rng {
 }
 
 struct Packet {
+    proto: Protocol,
     at: Instant,
     from: SocketAddr,
     to: SocketAddr,
@@ -61,6 +62,7 @@ struct Sim {
     delay_ms: u64,
     jitter_ms: u64,
     locals: Vec<(ParticipantId, LocalEvent)>,
+    engine_time: Duration,
     room_events: Vec<RoomEvent>,
     gone: Vec<(ParticipantId, LeaveReason)>,
 }
@@ -84,6 +86,7 @@ impl Sim {
             delay_ms: 5,
             jitter_ms: 0,
             locals: Vec::new(),
+            engine_time: Duration::ZERO,
             room_events: Vec::new(),
             gone: Vec::new(),
         }
@@ -106,7 +109,11 @@ impl Sim {
         }
         let jitter = if self.jitter_ms > 0 { self.rng.next() % self.jitter_ms } else { 0 };
         let at = self.now + Duration::from_millis(self.delay_ms + jitter);
-        self.net.push(Packet { at, from, to, data });
+        self.net.push(Packet { proto: self.proto_of(from, to), at, from, to, data });
+    }
+
+    fn proto_of(&self, from: SocketAddr, to: SocketAddr) -> Protocol {
+        if from.port() == 5001 || to.port() == 5001 || from.port() == 9 || to.port() == 9 { Protocol::Tcp } else { Protocol::Udp }
     }
 
     fn drain_client(&mut self, i: usize) {
@@ -174,11 +181,13 @@ impl Sim {
         due.sort_by_key(|p| p.at);
         let sfu: SocketAddr = SFU.parse().unwrap();
         for p in due {
-            if p.to == sfu {
-                self.engine.handle_receive(now, Protocol::Udp, p.from, p.to, &p.data);
+            if p.to.ip() == sfu.ip() {
+                let t = Instant::now();
+                self.engine.handle_receive(now, p.proto, p.from, p.to, &p.data);
                 self.drain_engine();
-            } else if let Some(ci) = self.clients.iter().position(|c| c.addr == p.to) {
-                let r = Receive::new(Protocol::Udp, p.from, p.to, &p.data).unwrap();
+                self.engine_time += t.elapsed();
+            } else if let Some(ci) = self.clients.iter().position(|c| c.addr.ip() == p.to.ip()) {
+                let r = Receive::new(p.proto, p.from, p.to, &p.data).unwrap();
                 self.clients[ci].rtc.handle_input(Input::Receive(now, r)).unwrap();
                 self.drain_client(ci);
             }
@@ -810,3 +819,92 @@ fn simulcast_whip_publisher_is_received_on_one_layer() {
     assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "layers seen {layers:?}");
 }
 
+
+/// Prints the engine's CPU cost per forwarded packet (one VP8 publisher, 8
+/// str0m viewers: SRTP, rewriting, pacing included; sfu-core at -O0 in the
+/// test profile, dependencies at -O2). A number, not a pass/fail threshold.
+#[test]
+fn forwarding_cost_is_printed() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 100;
+    let mut sim = Sim::new(config);
+    let p = sim.add_client();
+    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let n = 8;
+    let viewers: Vec<usize> = (0..n).map(|_| sim.add_client()).collect();
+    for (i, v) in viewers.iter().enumerate() {
+        sim.join_http(*v, &format!("v{i}"), PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    }
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p) && viewers.iter().all(|v| s.connected(*v))));
+    publisher_sends_vp8(&mut sim, p, mids[0], 30, 30, 0);
+    let (t0, f0) = (sim.engine_time, sim.engine.stats().forwarded_packets);
+    publisher_sends_vp8(&mut sim, p, mids[0], 300, 60, 30);
+    let (t1, f1) = (sim.engine_time, sim.engine.stats().forwarded_packets);
+    let per = (t1 - t0).as_secs_f64() * 1e6 / (f1 - f0) as f64;
+    println!("forwarding cost: {per:.2} µs of engine time per forwarded packet ({} packets to {n} subscribers, debug profile)", f1 - f0);
+    assert!(f1 - f0 >= 300 * 3 * n as u64 * 9 / 10);
+}
+
+/// ICE-TCP: a client with only an active TCP candidate reaches the SFU's
+/// passive TCP candidate (RFC 4571 framing is the edge's job; here the engine
+/// sees de-framed packets with `Protocol::Tcp`).
+#[test]
+fn a_tcp_only_client_connects_and_publishes() {
+    let now = Instant::now();
+    let udp = Candidate::host(SFU.parse().unwrap(), "udp").unwrap();
+    let tcp = Candidate::builder().tcp().host("10.0.0.1:5001".parse().unwrap()).tcptype(str0m::net::TcpType::Passive).build().unwrap();
+    let mut sim = Sim::new(SfuConfig::default());
+    sim.engine = Engine::new(SfuConfig::default(), vec![udp, tcp], now, SystemTime::now());
+    let addr: SocketAddr = "10.0.0.50:9".parse().unwrap();
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(sim.now);
+    rtc.add_local_candidate(Candidate::builder().tcp().host(addr).tcptype(str0m::net::TcpType::Active).build().unwrap());
+    sim.clients.push(Client { rtc, addr, timeout: sim.now, events: Vec::new(), id: None, signals: Vec::new() });
+    let v = sim.add_client();
+    let mids = sim.join_http(0, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.connected(0)), "connected over TCP");
+    sim.join_http(v, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
+    publisher_sends_vp8(&mut sim, 0, mids[0], 30, 10, 0);
+    assert!(sim.rtp_received(v).len() >= 60, "{}", sim.rtp_received(v).len());
+}
+
+/// The room WHEP (`POST /whep/{room}`) follows the active speaker: the video
+/// source switches at the new speaker's keyframe, one continuous sequence.
+#[test]
+fn the_speaker_view_switches_source_with_continuity() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let mk = |id: &str| LocalJoin { identity: id.into(), subscribe: LocalSubscription::None, ..camera(&[]) };
+    let a = sim.engine.join_local(sim.now, mk("ann")).unwrap();
+    let b = sim.engine.join_local(sim.now, mk("ben")).unwrap();
+    sim.drain_engine();
+    let v = sim.add_client();
+    sim.join_http(v, "viewer", PeerRole::Whep { target: None }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
+    let mut f = 0u32;
+    let mut talk = |sim: &mut Sim, loud: ParticipantId, frames: u32| {
+        for _ in 0..frames {
+            f += 1;
+            for (i, id) in [a, b].into_iter().enumerate() {
+                let key = f % 15 == 0;
+                let p = local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i as u8, f), sim.now);
+                sim.engine.local_packet(sim.now, id, p);
+                let mut au = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
+                au.audio_level = Some(if id == loud { 10 } else { 100 });
+                sim.engine.local_packet(sim.now, id, au);
+            }
+            sim.drain_engine();
+            sim.run(Duration::from_millis(33));
+        }
+    };
+    talk(&mut sim, a, 60);
+    talk(&mut sim, b, 90);
+    let video: Vec<_> = sim.rtp_received(v).into_iter().filter(|p| p.payload.len() == 6).map(|p| (*p.seq_no, p.payload[1], p.payload[0] & 0x1f)).collect();
+    let mut video = video;
+    video.sort();
+    let first_b = video.iter().position(|x| x.1 == 1).expect("the view switched to ben");
+    assert!(video[..first_b].iter().all(|x| x.1 == 0), "ann first");
+    assert!(video[first_b..].iter().all(|x| x.1 == 1), "then ben only");
+    assert_eq!(video[first_b].2, 5, "switch on ben's IDR");
+    let span = video[video.len() - 1].0 - video[0].0 + 1;
+    assert_eq!(span as usize, video.len(), "one continuous sequence across the speaker change");
+}
