@@ -130,12 +130,17 @@ async fn three_participants_see_and_hear_each_other() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // How often the forwarded layer changed (signaling is logged in the console).
+    let switches: Vec<usize> =
+        tabs.iter().map(|t| t.console().iter().filter(|l| l.contains("room <- layer")).count()).collect();
     let png = roombox_tests::artifacts_dir().join("sfu/three-participants.png");
     tabs[0].eval("document.getElementById('btn-chat').click(); true").await?;
     tabs[0].screenshot(&png).await?;
     println!(
-        "    3 participants: every tab decodes 2 videos and receives 2 audios after {:.1} s; screenshot {}",
+        "    3 participants: every tab decodes 2 videos and receives 2 audios after {:.1} s; \
+         layer messages per tab {switches:?} in {:.1} s; screenshot {}",
         media_after.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         png.display()
     );
     Ok(())
