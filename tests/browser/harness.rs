@@ -198,6 +198,7 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
     let tab = browser.new_tab(&web.url("/?room=r1&token=abc.def.ghi")).await?;
     tab.wait_for("the preview", "document.getElementById('preview').videoWidth > 0", Duration::from_secs(15))
         .await?;
+    tab.screenshot(&artifacts_dir().join("harness/prejoin.png")).await?;
     let href: String = tab.eval_as("location.href").await?;
     ensure!(!href.contains("token"), "the token is still in the address bar: {href}");
     tab.eval("document.getElementById('join').click()").await?;
@@ -220,6 +221,7 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
     tab2.wait_for("the admin login", "!document.getElementById('login').hidden", Duration::from_secs(10))
         .await?;
 
+    tab2.screenshot(&artifacts_dir().join("harness/admin-login.png")).await?;
     for t in [&tab, &tab2] {
         let uncaught: Vec<String> = t.console().into_iter().filter(|l| l.starts_with("[uncaught]")).collect();
         ensure!(uncaught.is_empty(), "{}: {uncaught:?}", t.label());

@@ -130,6 +130,18 @@ async fn three_participants_see_and_hear_each_other() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // Ann shares her screen (a second video track, renegotiated): the others get a screen tile.
+    tabs[0].eval("document.getElementById('btn-share').click(); true").await?;
+    for tab in &tabs[1..] {
+        tab.wait_for(
+            "ann's screen tile playing",
+            "[...document.querySelectorAll('.tile.screen.has-video video')]\
+               .some(v => v.getVideoPlaybackQuality().totalVideoFrames > 0)",
+            Duration::from_secs(20),
+        )
+        .await?;
+    }
+
     // How often the forwarded layer changed (signaling is logged in the console).
     let switches: Vec<usize> =
         tabs.iter().map(|t| t.console().iter().filter(|l| l.contains("room <- layer")).count()).collect();
