@@ -204,7 +204,7 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
     tab.eval("document.getElementById('join').click()").await?;
     tab.wait_for(
         "a reconnecting message",
-        "document.body.dataset.state === 'reconnecting' && /Reconnecting/.test(document.getElementById('status').textContent)",
+        "document.body.dataset.state === 'reconnecting' && /Trying again/.test(document.getElementById('status').textContent)",
         Duration::from_secs(15),
     )
     .await?;

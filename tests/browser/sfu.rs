@@ -17,6 +17,7 @@ roombox_tests::browser_test_main!(
     whip_vp8_publisher_is_watched_through_whep,
     whip_h264_publisher_is_watched_through_whep,
     simulcast_layer_follows_a_squeezed_link_without_freezing,
+    web_client_says_the_room_is_full_and_rejoins_after_a_restart,
 );
 
 /// The squeeze: under the full layer (up to 1.5 Mbit/s), above the half one
@@ -143,8 +144,12 @@ async fn three_participants_see_and_hear_each_other() -> anyhow::Result<()> {
     }
 
     // How often the forwarded layer changed (signaling is logged in the console).
-    let switches: Vec<usize> =
-        tabs.iter().map(|t| t.console().iter().filter(|l| l.contains("room <- layer")).count()).collect();
+    let switches: Vec<usize> = tabs
+        .iter()
+        .map(|t| {
+            t.console().iter().filter(|l| l.starts_with("[debug] room <- ") && l.contains(" layer {")).count()
+        })
+        .collect();
     let png = roombox_tests::artifacts_dir().join("sfu/three-participants.png");
     tabs[0].eval("document.getElementById('btn-chat').click(); true").await?;
     tabs[0].screenshot(&png).await?;
@@ -359,5 +364,49 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
         vin.total_freezes_duration,
     );
     ensure!(v.max_stall_ms <= 1000, "the picture froze for {} ms (more than 1 s)", v.max_stall_ms);
+    Ok(())
+}
+
+/// The web client against refusals and restarts: a third person in a room
+/// for two is told the room is full (and keeps trying); when the SFU restarts
+/// on the same address, the two others rejoin on their own and media flows.
+async fn web_client_says_the_room_is_full_and_rejoins_after_a_restart() -> anyhow::Result<()> {
+    let two = |c: &mut sfu_core::SfuConfig| c.limits.max_participants_per_room = 2;
+    let sfu = TestSfu::start_with(two).await?;
+    let http = sfu.web.addr;
+    let browser = Browser::launch(LaunchOptions { label: "restart".into(), ..Default::default() }).await?;
+    let open = async |name: &str| -> anyhow::Result<Tab> {
+        let token = mint("pair", name, publisher());
+        let url = sfu.url(&format!("/?room=pair&token={token}&autojoin=1"));
+        Ok(browser.new_tab_with(&url, &[DEBUG_SIGNALING]).await?.named(name))
+    };
+    let ann = open("ann").await?;
+    let bob = open("bob").await?;
+    for t in [&ann, &bob] {
+        wait_media_flowing(t, 1, 1, Duration::from_secs(40)).await?;
+    }
+    let cid = open("cid").await?;
+    cid.wait_for(
+        "cid to be told the room is full",
+        "/The room is full/.test(document.getElementById('status').textContent)",
+        Duration::from_secs(20),
+    )
+    .await?;
+    cid.close().await?;
+
+    let before: Vec<u64> =
+        vec![ann.eval_as("window.__rbx.pcs.length").await?, bob.eval_as("window.__rbx.pcs.length").await?];
+    sfu.stop().await;
+    let restarted = Instant::now();
+    let _sfu = TestSfu::start_at(http, two).await?;
+    for (t, n) in [(&ann, before[0]), (&bob, before[1])] {
+        t.wait_for("a new connection", &format!("window.__rbx.pcs.length > {n}"), Duration::from_secs(40))
+            .await?;
+        wait_media_flowing(t, 1, 1, Duration::from_secs(40)).await?;
+    }
+    println!(
+        "    the third person was told the room is full; after a restart both rejoined, media flowing after {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -13,6 +13,7 @@ pub struct TestSfu {
     pub sfu: Sfu,
     pub web: WebServer,
     pub registry: prometheus::Registry,
+    stopped: bool,
 }
 
 impl TestSfu {
@@ -26,6 +27,11 @@ impl TestSfu {
     /// addresses), HTTP on every address too (`http://127.0.0.1:PORT` is a
     /// secure origin for the pages; other namespaces use their link address).
     pub async fn start_with(tweak: impl FnOnce(&mut SfuConfig)) -> anyhow::Result<TestSfu> {
+        Self::start_at(SocketAddr::from(([0, 0, 0, 0], 0)), tweak).await
+    }
+
+    /// As [`start_with`](Self::start_with), with HTTP on `http` (to restart on the same port).
+    pub async fn start_at(http: SocketAddr, tweak: impl FnOnce(&mut SfuConfig)) -> anyhow::Result<TestSfu> {
         let mut config = SfuConfig {
             udp_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             tcp_bind: None,
@@ -35,8 +41,8 @@ impl TestSfu {
         tweak(&mut config);
         let registry = prometheus::Registry::new();
         let sfu = Sfu::start(config, TokenVerifier::hs256(TEST_SECRET)?, &registry).await?;
-        let web = WebServer::start(SocketAddr::from(([0, 0, 0, 0], 0)), Some(sfu.router())).await?;
-        Ok(TestSfu { sfu, web, registry })
+        let web = WebServer::start(http, Some(sfu.router())).await?;
+        Ok(TestSfu { sfu, web, registry, stopped: false })
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -50,8 +56,20 @@ impl TestSfu {
     }
 }
 
+impl TestSfu {
+    /// Shut the SFU down (peers are told `closing`) and stop serving HTTP.
+    pub async fn stop(mut self) {
+        self.sfu.shutdown().await;
+        self.web.stop().await;
+        self.stopped = true;
+    }
+}
+
 impl Drop for TestSfu {
     fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
         let sfu = self.sfu.clone();
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move { sfu.shutdown().await });

@@ -28,7 +28,7 @@ pub const PAGE_ROUTES: &[(&str, &str)] =
 /// A running server; stopped on drop.
 pub struct WebServer {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WebServer {
@@ -47,7 +47,7 @@ impl WebServer {
                 eprintln!("test web server stopped: {e}");
             }
         });
-        Ok(WebServer { addr, task })
+        Ok(WebServer { addr, task: Some(task) })
     }
 
     /// `http://ADDR` + `path`.
@@ -56,9 +56,21 @@ impl WebServer {
     }
 }
 
+impl WebServer {
+    /// Stop accepting connections; the port is free when this returns.
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
 impl Drop for WebServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 

@@ -136,7 +136,7 @@ function onState({ state, error }) {
   document.body.dataset.state = state;
   if (state === 'connected') showStatus('');
   else if (state === 'connecting') showStatus('Connecting…');
-  else if (state === 'reconnecting') showStatus(error && error.message ? `${error.message} Reconnecting…` : 'Reconnecting…', 'warn');
+  else if (state === 'reconnecting') showStatus(error && error.message ? `${error.message} Trying again…` : 'Reconnecting…', 'warn');
   else if (state === 'closed' && error) ended('You are not in the meeting', error.message);
 }
 

@@ -27,6 +27,8 @@
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const PING_EVERY_MS = 10000;
+/** No `joined` this long after the socket opened: give up on this attempt. */
+const JOIN_TIMEOUT_MS = 10000;
 const PONG_TIMEOUT_MS = 25000;
 
 /** Errors after which retrying cannot help. */
@@ -77,9 +79,12 @@ export class RoomSession extends EventTarget {
     this.closedByUs = false;
     this.attempt = 0;
     this.retryTimer = null;
+    this.joinTimer = null;
     this.pingTimer = null;
     this.lastPong = 0;
     this.inbox = Promise.resolve();
+    /** A retryable refusal (room full) to report instead of the close that follows. */
+    this.refusal = null;
   }
 
   // ---- public API ---------------------------------------------------------
@@ -206,8 +211,15 @@ export class RoomSession extends EventTarget {
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(url);
     this.ws = ws;
+    // A fresh queue per socket: an operation on a closed RTCPeerConnection
+    // never settles, and must not hold up the next connection's messages.
+    this.inbox = Promise.resolve();
     ws.onopen = () => {
       ws.send(JSON.stringify({ type: 'join', token, auto_subscribe: this.autoSubscribe }));
+      clearTimeout(this.joinTimer);
+      this.joinTimer = setTimeout(() => {
+        if (this.ws === ws && !this.pc) this._lost('no answer to join');
+      }, JOIN_TIMEOUT_MS);
     };
     ws.onmessage = (ev) => {
       let msg;
@@ -232,11 +244,22 @@ export class RoomSession extends EventTarget {
   _lost(why) {
     if (this.closedByUs || this.state === 'closed') return;
     console.warn('room: connection lost:', why);
+    this._retry('The connection to the box was lost.', 0);
+  }
+
+  /**
+   * Tear down and rejoin after a backoff (0.5 s doubling to 15 s, with
+   * jitter), at least `minDelayMs`. A refusal seen just before (room full)
+   * is what the person is told, rather than the socket closing after it.
+   */
+  _retry(why, minDelayMs) {
     this._teardown();
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
-    const delay = base / 2 + Math.random() * base / 2;
+    const delay = Math.max(minDelayMs, base / 2 + Math.random() * base / 2);
     this.attempt += 1;
-    this._setState('reconnecting', { message: why, retryInMs: Math.round(delay) });
+    const message = this.refusal ? this.refusal.message : why;
+    this._setState('reconnecting', { code: this.refusal ? this.refusal.code : 'lost', message, retryInMs: Math.round(delay) });
+    this.refusal = null;
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this._connect(), delay);
   }
@@ -248,6 +271,7 @@ export class RoomSession extends EventTarget {
   }
 
   _teardown() {
+    clearTimeout(this.joinTimer);
     clearInterval(this.pingTimer);
     this.pingTimer = null;
     if (this.ws) {
@@ -284,7 +308,7 @@ export class RoomSession extends EventTarget {
   }
 
   _send(msg) {
-    if (this.debug) console.debug('room ->', msg.type, JSON.stringify(msg).slice(0, 300));
+    if (this.debug) console.debug(`room -> ${Math.round(performance.now())}`, msg.type, JSON.stringify(msg).slice(0, 300));
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
@@ -295,7 +319,7 @@ export class RoomSession extends EventTarget {
   // ---- messages -----------------------------------------------------------
 
   async _onMessage(msg) {
-    if (this.debug) console.debug('room <-', msg.type, JSON.stringify(msg).slice(0, 300));
+    if (this.debug) console.debug(`room <- ${Math.round(performance.now())}`, msg.type, JSON.stringify(msg).slice(0, 300));
     switch (msg.type) {
       case 'joined': return this._onJoined(msg);
       case 'participant_joined':
@@ -346,14 +370,9 @@ export class RoomSession extends EventTarget {
       case 'kicked':
         this._fatal({ code: 'kicked', message: `You were removed from the meeting${msg.reason ? ': ' + msg.reason : ''}.` });
         return;
-      case 'closing': {
-        this._teardown();
-        const delay = msg.retry_after_ms ?? 2000;
-        this._setState('reconnecting', { message: `The room is closing (${msg.reason}).`, retryInMs: delay });
-        clearTimeout(this.retryTimer);
-        this.retryTimer = setTimeout(() => this._connect(), delay);
+      case 'closing':
+        this._retry(`The room is closing (${msg.reason}).`, msg.retry_after_ms ?? 2000);
         return;
-      }
       default:
         console.debug('room: unknown message', msg.type);
     }
@@ -361,6 +380,7 @@ export class RoomSession extends EventTarget {
 
   _onJoined(msg) {
     this.attempt = 0;
+    this.refusal = null;
     this.you = msg.you;
     this.participants.clear();
     for (const p of msg.participants) this._upsertParticipant(p);
@@ -496,18 +516,18 @@ export class RoomSession extends EventTarget {
     const human = {
       unauthorized: 'Your access link is not valid any more (expired or revoked). Ask for a new link.',
       forbidden: 'This link does not allow joining this room.',
-      room_full: 'The room is full. Retrying…',
-      too_many_rooms: 'The box is hosting as many meetings as it can. Retrying…',
-      overloaded: 'The box is busy. Retrying…',
+      room_full: 'The room is full.',
+      too_many_rooms: 'The box is hosting as many meetings as it can.',
+      overloaded: 'The box is busy.',
       too_many_tracks: 'You are already sharing as much as the room allows.',
     }[msg.code];
     const error = { code: msg.code, message: human || msg.message };
     if (FATAL_CODES.has(msg.code)) {
       this._fatal(error);
     } else if (['room_full', 'too_many_rooms', 'overloaded'].includes(msg.code) && !this.pc) {
-      // Refused at join: try again later (the server closes the socket; _lost schedules the retry).
+      // Refused at join: the server closes (or sends `closing`); retry patiently.
       this.attempt = Math.max(this.attempt, 3);
-      this._emit('state', { state: 'reconnecting', error });
+      this.refusal = error;
     } else {
       this._emit('error', error);
     }
