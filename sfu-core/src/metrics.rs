@@ -16,6 +16,10 @@ pub struct Metrics {
     pub rooms: IntGauge,
     pub participants: IntGauge,
     pub dropped: IntCounterVec,
+    /// `dropped{reason="garbage"}` and `dropped{reason="unknown_peer"}`,
+    /// resolved once: a flood of junk datagrams must not hash a label per packet.
+    pub dropped_garbage: IntCounter,
+    pub dropped_unknown_peer: IntCounter,
 }
 
 /// Cached handles for one room.
@@ -33,6 +37,10 @@ impl Metrics {
     /// Register every family into `registry`.
     pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
         let room = &["room"];
+        let dropped = IntCounterVec::new(
+            Opts::new("sfu_dropped_total", "input dropped, by reason (garbage, unknown peer, ...)"),
+            &["reason"],
+        )?;
         let m = Metrics {
             forwarded_packets: IntCounterVec::new(
                 Opts::new("sfu_forwarded_packets_total", "RTP packets forwarded to subscribers"),
@@ -42,16 +50,24 @@ impl Metrics {
                 Opts::new("sfu_forwarded_bytes_total", "RTP payload bytes forwarded to subscribers"),
                 room,
             )?,
-            nacks: IntCounterVec::new(Opts::new("sfu_nacks_total", "NACKs received from subscribers"), room)?,
+            nacks: IntCounterVec::new(
+                Opts::new("sfu_nacks_total", "NACK requests (RTCP) received from subscribers"),
+                room,
+            )?,
             plis: IntCounterVec::new(Opts::new("sfu_plis_total", "keyframe requests sent to publishers"), room)?,
-            lost: IntCounterVec::new(Opts::new("sfu_packets_lost_total", "packets lost from publishers"), room)?,
+            lost: IntCounterVec::new(
+                Opts::new(
+                    "sfu_packets_lost_total",
+                    "packets from publishers lost and not recovered in time (receiver-report fraction lost x packets received)",
+                ),
+                room,
+            )?,
             rtt: GaugeVec::new(Opts::new("sfu_rtt_seconds", "latest round-trip time to a peer"), room)?,
             rooms: IntGauge::new("sfu_rooms", "open rooms")?,
             participants: IntGauge::new("sfu_participants", "participants in all rooms")?,
-            dropped: IntCounterVec::new(
-                Opts::new("sfu_dropped_total", "input dropped, by reason (garbage, unknown peer, ...)"),
-                &["reason"],
-            )?,
+            dropped_garbage: dropped.with_label_values(&["garbage"]),
+            dropped_unknown_peer: dropped.with_label_values(&["unknown_peer"]),
+            dropped,
         };
         registry.register(Box::new(m.forwarded_packets.clone()))?;
         registry.register(Box::new(m.forwarded_bytes.clone()))?;

@@ -12,6 +12,9 @@ use super::*;
 use crate::local::{LocalPacket, ReceivedPacket};
 use crate::media::forwarder::{Decision, layer_for_budget, layer_for_size};
 use crate::media::keyframe::is_keyframe;
+use crate::media::speaker::amplitude;
+use crate::media::vp8::Vp8Fields;
+use str0m::rtp::Vp8Descriptor;
 
 /// One incoming packet, from a remote publisher or a local one.
 pub(super) struct InPacket {
@@ -200,25 +203,30 @@ impl Engine {
     }
 
     /// Forward one packet of `tk`/`layer` to every subscriber.
+    ///
+    /// The hot path: per packet one track lookup, per subscriber one
+    /// participant lookup (both by numeric id), no allocation, no string
+    /// hashing; room-level work (speaker levels, counters) is accumulated on
+    /// the track and folded on the tick.
     pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, layer: usize, pkt: InPacket) {
-        let Engine { tracks, participants, rooms, out, work, counters, to_remove, .. } = self;
+        let Engine { tracks, participants, out, work, counters, to_remove, .. } = self;
         let Some(t) = tracks.get_mut(&tk) else { return };
         let Some(l) = t.layers.get_mut(layer) else { return };
         l.meter.add(now, pkt.payload.len());
         let generation = l.generation;
-        let room = rooms.get_mut(&t.room);
-        if t.kind == TrackKind::Audio {
-            if let (Some(level), Some(room)) = (pkt.audio_level, room) {
-                if !(t.muted || t.admin_muted) {
-                    room.speaker.observe(t.owner, level.unsigned_abs().min(127));
-                }
-            }
-        }
         if t.muted || t.admin_muted {
             return;
         }
+        if let Some(level) = pkt.audio_level.filter(|_| t.kind == TrackKind::Audio) {
+            t.level_sum += amplitude(level.unsigned_abs().min(127));
+            t.level_n += 1;
+        }
         let video = t.kind == TrackKind::Video;
         let keyframe = video && pkt.keyframe.unwrap_or_else(|| is_keyframe(t.video_format, &pkt.payload));
+        // VP8: the descriptor's numbering, rewritten per down-track below
+        let vp8 = if t.video_format == VideoFormat::Vp8 { Vp8Fields::parse(&pkt.payload) } else { None };
+        // str0m's own parse of it, made once per packet and only when a down-track needs a patch
+        let mut vp8_desc: Option<Option<Vp8Descriptor>> = None;
         let src = source_id(tk, layer, generation);
         let len = pkt.payload.len() as u64;
         let mut sent = 0u64;
@@ -249,14 +257,17 @@ impl Engine {
             } else {
                 Decision::Forward
             };
-            let w = match decision {
+            let (w, vp8_values) = match decision {
                 Decision::Drop => continue,
                 Decision::Forward => match d.rewriter.rewrite(src, pkt.seq, pkt.ts, now) {
-                    Some(w) => w,
+                    Some(w) => (w, vp8.as_ref().map(|f| d.vp8.rewrite(f))),
                     None => continue,
                 },
-                Decision::Switch => d.rewriter.switch_to(src, pkt.seq, pkt.ts, now),
+                Decision::Switch => {
+                    (d.rewriter.switch_to(src, pkt.seq, pkt.ts, now), vp8.as_ref().map(|f| d.vp8.switch(f)))
+                }
             };
+            let vp8_patched = vp8_values.filter(|_| !d.vp8.is_identity());
             match (&mut s.rtc, d.mid) {
                 (Some(rtc), Some(mid)) => {
                     if d.pt.is_none() {
@@ -275,18 +286,45 @@ impl Engine {
                         voice_activity: pkt.voice_activity,
                         ..Default::default()
                     };
-                    tx.write_rtp(
-                        RtpWrite::new(pt, w.seq.into(), w.timestamp, now, pkt.payload.clone())
-                            .marker(pkt.marker)
-                            .ext_vals(ext)
-                            .nackable(video),
-                    );
+                    let mut write = RtpWrite::new(pt, w.seq.into(), w.timestamp, now, pkt.payload.clone())
+                        .marker(pkt.marker)
+                        .ext_vals(ext)
+                        .nackable(video);
+                    if let Some(v) = vp8_patched {
+                        // str0m applies the patch while it serializes: no copy of the payload
+                        let desc = vp8_desc.get_or_insert_with(|| Vp8Descriptor::parse(&pkt.payload).ok());
+                        if let Some(desc) = desc {
+                            let mut b = desc.patch();
+                            if let Some(p) = v.picture_id {
+                                b = b.picture_id(p);
+                            }
+                            if let Some(x) = v.tl0_pic_idx {
+                                b = b.tl0_pic_idx(x);
+                            }
+                            if let Some(k) = v.key_idx {
+                                b = b.key_idx(k);
+                            }
+                            if let Ok(patch) = b.build() {
+                                write = write.vp8_patch(patch);
+                            }
+                        }
+                    }
+                    tx.write_rtp(write);
                     drain_rtc(s, out, work);
                     if s.failed && !to_remove.iter().any(|x| x.0 == *sid) {
                         to_remove.push((*sid, LeaveReason::ConnectionLost));
                     }
                 }
                 (None, _) => {
+                    let payload = match (vp8_patched, &vp8) {
+                        (Some(v), Some(f)) => {
+                            // an in-process subscriber gets its own patched copy
+                            let mut copy = pkt.payload.to_vec();
+                            f.apply(&v, &mut copy);
+                            bytes::Bytes::from(copy)
+                        }
+                        _ => bytes::Bytes::from_owner(ArcBytes(pkt.payload.clone())),
+                    };
                     out.push_back(Output::Local(
                         *sid,
                         LocalEvent::Rtp(ReceivedPacket {
@@ -298,7 +336,7 @@ impl Engine {
                             timestamp: w.timestamp,
                             marker: pkt.marker,
                             audio_level: pkt.audio_level.map(|l| l.unsigned_abs().min(127)),
-                            payload: bytes::Bytes::from_owner(ArcBytes(pkt.payload.clone())),
+                            payload,
                         }),
                     ));
                 }
@@ -308,10 +346,8 @@ impl Engine {
         }
         counters.forwarded_packets += sent;
         counters.forwarded_bytes += sent * len;
-        if let Some(r) = self.rooms.get_mut(&self.tracks[&tk].room) {
-            r.forwarded_packets += sent;
-            r.forwarded_bytes += sent * len;
-        }
+        t.fwd_packets += sent;
+        t.fwd_bytes += sent * len;
     }
 
     // ------------------------------------------------------- subscriptions
@@ -680,6 +716,7 @@ pub(super) fn new_downtrack(
         ready,
         pt: None,
         rewriter: Rewriter::new(clock, (h as u16) & 0x7fff, (h >> 16) as u32),
+        vp8: Vp8Munger::default(),
         selector: LayerSelector::default(),
         want_width: width,
         last_layer_sent: None,

@@ -22,9 +22,11 @@
 
 mod forward;
 mod signaling;
+pub mod stats;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,6 +49,7 @@ use crate::media::forwarder::LayerSelector;
 use crate::media::keyframe::VideoFormat;
 use crate::media::rewrite::{Rewriter, SeqExtender};
 use crate::media::speaker::{SpeakerDetector, SpeakerParams};
+use crate::media::vp8::Vp8Munger;
 use crate::media::{RateMeter, Throttle};
 use crate::metrics::{Metrics, RoomMetrics};
 use crate::protocol::{ParticipantInfo, PublishTrack, ServerMessage, TrackInfo, TrackKind, TrackSource};
@@ -56,6 +59,31 @@ use crate::server::{LeaveReason, RoomEvent, RoomSnapshot, SfuStats};
 pub type ParticipantId = u64;
 
 type TrackKey = u64;
+
+/// Hasher for the engine's own numeric ids (participants, tracks): they are
+/// assigned here, not chosen by peers, so a multiplicative hash is enough and
+/// much cheaper than SipHash on the per-packet lookups. Maps keyed by
+/// anything a peer controls (addresses, ufrags) keep the default hasher.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// How often the engine's own housekeeping runs (speaker, layers, limits).
 pub const TICK: Duration = Duration::from_millis(200);
@@ -139,6 +167,8 @@ struct DownTrack {
     /// Payload type on the subscriber's side, resolved against the source's codec.
     pt: Option<str0m::media::Pt>,
     rewriter: Rewriter,
+    /// VP8 PictureID/TL0PICIDX continuity across source switches.
+    vp8: Vp8Munger,
     selector: LayerSelector,
     want_width: Option<u32>,
     last_layer_sent: Option<Option<usize>>,
@@ -174,6 +204,14 @@ struct Track {
     muted: bool,
     admin_muted: bool,
     subscribers: Vec<ParticipantId>,
+    /// Audio levels seen since the last tick (summed linear amplitude, count),
+    /// folded into the room's speaker detector on the tick: the hot path never
+    /// looks the room up.
+    level_sum: f32,
+    level_n: u32,
+    /// Forwarded since the last tick, folded into the room's counters then.
+    fwd_packets: u64,
+    fwd_bytes: u64,
 }
 
 #[derive(Default)]
@@ -222,8 +260,10 @@ struct Participant {
     pending_publish: Vec<PublishTrack>,
     chat: Option<ChannelId>,
     failed: bool,
-    /// Audio level of the participant's own microphone, for the speaker detector.
+    /// What the participant sends us (all tracks), for the publish cap and quality.
     publish_bytes: RateMeter,
+    /// str0m's cumulative stats seen so far, and the last quality sent.
+    stats: stats::StatsState,
 }
 
 impl Participant {
@@ -272,9 +312,9 @@ pub struct Engine {
     candidates: Vec<Candidate>,
     start: Instant,
     wall_start: SystemTime,
-    participants: HashMap<ParticipantId, Participant>,
+    participants: IdMap<Participant>,
     rooms: HashMap<Arc<str>, Room>,
-    tracks: HashMap<TrackKey, Track>,
+    tracks: IdMap<Track>,
     by_addr: HashMap<(Protocol, SocketAddr), ParticipantId>,
     by_ufrag: HashMap<String, ParticipantId>,
     by_resource: HashMap<String, ParticipantId>,
@@ -302,9 +342,9 @@ impl Engine {
             candidates,
             start: now,
             wall_start: wall,
-            participants: HashMap::new(),
+            participants: IdMap::default(),
             rooms: HashMap::new(),
-            tracks: HashMap::new(),
+            tracks: IdMap::default(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_resource: HashMap::new(),
@@ -379,27 +419,34 @@ impl Engine {
             pid = self.by_addr.get(&(proto, source)).copied();
         }
         let Some(pid) = pid else {
-            self.count_drop("unknown_peer");
             self.counters.unknown_peer += 1;
+            if let Some(m) = &self.metrics {
+                m.dropped_unknown_peer.inc();
+            }
             return;
         };
         let Ok(recv) = Receive::new(proto, source, destination, buf) else {
-            self.count_drop("garbage");
             self.counters.garbage += 1;
+            if let Some(m) = &self.metrics {
+                m.dropped_garbage.inc();
+            }
             return;
         };
         let Some(p) = self.participants.get_mut(&pid) else { return };
         let Some(rtc) = p.rtc.as_mut() else { return };
         let input = Input::Receive(now, recv);
         if is_stun && !rtc.accepts(&input) {
-            self.count_drop("unknown_peer");
+            self.counters.unknown_peer += 1;
+            if let Some(m) = &self.metrics {
+                m.dropped_unknown_peer.inc();
+            }
             return;
         }
         if let Err(e) = rtc.handle_input(input) {
             tracing::debug!(participant = pid, error = %e, "input refused");
             self.counters.garbage += 1;
             if let Some(m) = &self.metrics {
-                m.dropped.with_label_values(&["garbage"]).inc();
+                m.dropped_garbage.inc();
             }
         }
         if is_stun && !p.addrs.contains(&(proto, source)) && p.addrs.len() < 16 {
@@ -611,6 +658,7 @@ impl Engine {
             chat: None,
             failed: false,
             publish_bytes: RateMeter::default(),
+            stats: stats::StatsState::default(),
         };
         self.participants.insert(id, p);
         self.by_ufrag.insert(ufrag, id);
@@ -689,6 +737,7 @@ impl Engine {
             chat: None,
             failed: false,
             publish_bytes: RateMeter::default(),
+            stats: stats::StatsState::default(),
         };
         self.participants.insert(id, p);
         if let Some(r) = self.rooms.get_mut(&room) {
@@ -1107,6 +1156,10 @@ impl Engine {
             muted: false,
             admin_muted: false,
             subscribers: Vec::new(),
+            level_sum: 0.0,
+            level_n: 0,
+            fwd_packets: 0,
+            fwd_bytes: 0,
         };
         self.tracks.insert(tk, t);
         if let Some(p) = self.participants.get_mut(&owner) {
@@ -1180,6 +1233,8 @@ impl Engine {
         let Some(t) = self.tracks.remove(&tk) else { return };
         if let Some(r) = self.rooms.get_mut(&t.room) {
             r.tracks.retain(|x| *x != tk);
+            r.forwarded_packets += t.fwd_packets;
+            r.forwarded_bytes += t.fwd_bytes;
         }
         if let Some(p) = self.participants.get_mut(&t.owner) {
             p.published.retain(|x| *x != tk);
@@ -1317,6 +1372,9 @@ impl Engine {
                         _ => {}
                     }
                 }
+                if s == S::Disconnected {
+                    self.quality_lost(now, id);
+                }
             }
             Event::MediaAdded(m) => self.on_media_added(now, id, m),
             Event::KeyframeRequest(r) => self.on_subscriber_keyframe_request(now, id, r.mid),
@@ -1345,21 +1403,9 @@ impl Engine {
                     }
                 }
             }
-            Event::MediaEgressStats(s) => {
-                if let Some(m) = self.participants.get(&id).and_then(|p| self.rooms.get(&p.room)).and_then(|r| r.metrics.as_ref()) {
-                    if let Some(rtt) = s.rtt {
-                        m.rtt_seconds.set(rtt.as_secs_f64());
-                    }
-                    let _ = s.nacks; // cumulative per stream; counted on ingress side below
-                }
-            }
-            Event::MediaIngressStats(s) => {
-                if let Some(m) = self.participants.get(&id).and_then(|p| self.rooms.get(&p.room)).and_then(|r| r.metrics.as_ref()) {
-                    if let Some(rtt) = s.rtt {
-                        m.rtt_seconds.set(rtt.as_secs_f64());
-                    }
-                }
-            }
+            Event::MediaEgressStats(s) => self.on_egress_stats(id, s),
+            Event::MediaIngressStats(s) => self.on_ingress_stats(id, s),
+            Event::PeerStats(s) => self.on_peer_stats(now, id, s),
             Event::Closed => {
                 if !self.to_remove.iter().any(|x| x.0 == id) {
                     self.to_remove.push((id, LeaveReason::ConnectionLost));
@@ -1384,11 +1430,20 @@ impl Engine {
                 self.to_remove.push((p.id, LeaveReason::ConnectionLost));
             }
         }
-        // layer meters
+        // layer meters; what the hot path accumulated per track goes to its room
         for t in self.tracks.values_mut() {
             for l in t.layers.iter_mut() {
                 l.meter.roll(now);
             }
+            if let Some(r) = self.rooms.get_mut(&t.room) {
+                r.forwarded_packets += std::mem::take(&mut t.fwd_packets);
+                r.forwarded_bytes += std::mem::take(&mut t.fwd_bytes);
+                if t.level_n > 0 {
+                    r.speaker.observe_sum(t.owner, t.level_sum, t.level_n);
+                }
+            }
+            t.level_sum = 0.0;
+            t.level_n = 0;
         }
         // speakers
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();

@@ -908,3 +908,180 @@ fn the_speaker_view_switches_source_with_continuity() {
     let span = video[video.len() - 1].0 - video[0].0 + 1;
     assert_eq!(span as usize, video.len(), "one continuous sequence across the speaker change");
 }
+
+/// A VP8 payload with a full descriptor: X=1, I=1 (15-bit PictureID), L=1,
+/// T=1 (TID 0, so every frame is a TL0 frame); then the VP8 header byte (P bit)
+/// and a tag byte naming the source.
+fn vp8_numbered(key: bool, pic: u16, tl0: u8, tag: u8) -> Bytes {
+    Bytes::from(vec![0x90, 0xe0, 0x80 | (pic >> 8) as u8 & 0x7f, pic as u8, tl0, 0x00, if key { 0x00 } else { 0x01 }, tag, 0xab, 0xcd])
+}
+
+fn vp8_camera(identity: &str, layers: &[&str]) -> LocalJoin {
+    LocalJoin {
+        room: "r".into(),
+        identity: identity.into(),
+        name: None,
+        publish: vec![
+            LocalTrackSpec { name: "camera".into(), kind: TrackKind::Video, source: TrackSource::Camera, codec: LocalCodec::Vp8, layers: layers.iter().map(|s| s.to_string()).collect() },
+            LocalTrackSpec { name: "mic".into(), kind: TrackKind::Audio, source: TrackSource::Microphone, codec: LocalCodec::Opus, layers: vec![] },
+        ],
+        subscribe: LocalSubscription::None,
+    }
+}
+
+/// Consecutive frames (one packet each, sorted by sequence number) must carry
+/// consecutive PictureIDs (mod 2^15) and TL0PICIDX (mod 2^8).
+fn assert_vp8_numbering_continuous(frames: &[(u64, Vec<u8>)]) {
+    for w in frames.windows(2) {
+        let a = crate::media::vp8::Vp8Fields::parse(&w[0].1).unwrap();
+        let b = crate::media::vp8::Vp8Fields::parse(&w[1].1).unwrap();
+        let (pa, pb) = (a.picture_id.unwrap().value, b.picture_id.unwrap().value);
+        assert_eq!(pb, (pa + 1) & 0x7fff, "PictureID continuity at seq {} (tags {} -> {})", w[1].0, w[0].1[7], w[1].1[7]);
+        let (ta, tb) = (a.tl0_pic_idx.unwrap().value, b.tl0_pic_idx.unwrap().value);
+        assert_eq!(tb, ta.wrapping_add(1), "TL0PICIDX continuity at seq {}", w[1].0);
+    }
+}
+
+/// The speaker view (WHEP of the room, a str0m viewer) switches between two
+/// VP8 publishers whose PictureIDs live in unrelated ranges (one wraps past
+/// 2^15 during the test): the viewer sees one continuous numbering.
+#[test]
+fn vp8_picture_ids_stay_continuous_across_a_speaker_switch() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let a = sim.engine.join_local(sim.now, vp8_camera("ann", &[])).unwrap();
+    let b = sim.engine.join_local(sim.now, vp8_camera("ben", &[])).unwrap();
+    sim.drain_engine();
+    let v = sim.add_client();
+    sim.join_http(v, "viewer", PeerRole::Whep { target: None }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
+    let mut f = 0u32;
+    let mut talk = |sim: &mut Sim, loud: ParticipantId, frames: u32| {
+        for _ in 0..frames {
+            f += 1;
+            for (i, id) in [a, b].into_iter().enumerate() {
+                let key = f % 15 == 0;
+                // ann numbers from 32700 (wraps), ben from 500; tl0 likewise apart
+                let pic = if i == 0 { (32_700 + f) as u16 & 0x7fff } else { (500 + f) as u16 };
+                let tl0 = if i == 0 { (200 + f) as u8 } else { (f as u8).wrapping_mul(1).wrapping_add(17) };
+                let p = LocalPacket { track: 0, layer: 0, seq: f as u16, timestamp: f * 3000, marker: true, keyframe: key, audio_level: None, capture_time: sim.now, payload: vp8_numbered(key, pic, tl0, i as u8) };
+                sim.engine.local_packet(sim.now, id, p);
+                let mut au = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
+                au.audio_level = Some(if id == loud { 10 } else { 100 });
+                sim.engine.local_packet(sim.now, id, au);
+            }
+            sim.drain_engine();
+            sim.run(Duration::from_millis(33));
+        }
+    };
+    talk(&mut sim, a, 60);
+    talk(&mut sim, b, 90);
+    let mut video: Vec<(u64, Vec<u8>)> =
+        sim.rtp_received(v).into_iter().filter(|p| p.payload.len() == 10).map(|p| (*p.seq_no, p.payload.to_vec())).collect();
+    video.sort();
+    let first_b = video.iter().position(|x| x.1[7] == 1).expect("the view switched to ben");
+    assert!(first_b > 10 && video.len() - first_b > 30, "both sources seen: {first_b} of {}", video.len());
+    assert_eq!((video[video.len() - 1].0 - video[0].0 + 1) as usize, video.len(), "one RTP sequence");
+    assert_vp8_numbering_continuous(&video);
+    // the payload after the descriptor is untouched
+    assert!(video.iter().all(|x| x.1[8..] == [0xab, 0xcd]));
+}
+
+/// A simulcast VP8 camera whose layers number independently, watched by an
+/// in-process subscriber (the patched-copy path): the layer switch keeps the
+/// PictureID/TL0PICIDX numbering continuous.
+#[test]
+fn vp8_picture_ids_stay_continuous_across_a_layer_switch() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let cam = sim.engine.join_local(sim.now, vp8_camera("cam", &["q", "f"])).unwrap();
+    let rec = sim
+        .engine
+        .join_local(sim.now, LocalJoin { room: "r".into(), identity: "recorder".into(), name: None, publish: vec![], subscribe: LocalSubscription::All })
+        .unwrap();
+    sim.drain_engine();
+    let mut frame = 0u32;
+    let send = |sim: &mut Sim, layer: usize, key: bool, frame: u32| {
+        let pic = if layer == 0 { (9000 + frame) as u16 } else { (32_760 + frame) as u16 & 0x7fff };
+        let tl0 = if layer == 0 { frame as u8 } else { (frame as u8).wrapping_add(128) };
+        let p = LocalPacket { track: 0, layer, seq: (frame as u16).wrapping_add(layer as u16 * 1000), timestamp: frame * 3000, marker: true, keyframe: key, audio_level: None, capture_time: sim.now, payload: vp8_numbered(key, pic, tl0, layer as u8) };
+        sim.engine.local_packet(sim.now, cam, p);
+        sim.drain_engine();
+    };
+    // q alone first, then f appears; a keyframe on f lets the recorder switch up
+    for _ in 0..30 {
+        frame += 1;
+        send(&mut sim, 0, frame == 1, frame);
+        sim.run(Duration::from_millis(33));
+    }
+    for i in 0..40 {
+        frame += 1;
+        send(&mut sim, 0, false, frame);
+        send(&mut sim, 1, i == 20, frame);
+        sim.run(Duration::from_millis(33));
+    }
+    let got: Vec<(u64, Vec<u8>)> = received(&sim, rec).into_iter().map(|p| (u64::from(p.seq), p.payload.to_vec())).collect();
+    let first_f = got.iter().position(|x| x.1[7] == 1).expect("switched to f");
+    assert!(first_f >= 30 && got.len() - first_f >= 15, "{first_f} of {}", got.len());
+    assert_vp8_numbering_continuous(&got);
+}
+
+fn metric(registry: &prometheus::Registry, name: &str, room: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| m.get_label().iter().any(|l| l.name() == "room" && l.value() == room))
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+fn qualities(sim: &Sim, ci: usize) -> Vec<(u8, u64, u16)> {
+    sim.clients[ci]
+        .signals
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::ConnectionQuality { score, bitrate_bps, loss_permille } => Some((*score, *bitrate_bps, *loss_permille)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A room-protocol client gets `connection_quality` (good on a clean link,
+/// worse under loss, good again after), rate-limited; the loss shows in the
+/// room's NACK and packets-lost counters.
+#[test]
+fn connection_quality_follows_loss_and_loss_is_counted() {
+    let registry = prometheus::Registry::new();
+    let mut sim = Sim::new(SfuConfig::default());
+    sim.engine.set_metrics(crate::metrics::Metrics::register(&registry).unwrap());
+    let p = sim.add_client();
+    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p)));
+    let c = sim.add_client();
+    ws_join(&mut sim, c, "carl");
+    answer_server_offers(&mut sim, c);
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(c)));
+    let t0 = sim.now;
+    publisher_sends_vp8(&mut sim, p, mids[0], 100, 30, 0); // ~3.3 s, clean
+    let clean = qualities(&sim, c);
+    assert!(!clean.is_empty(), "quality is sent once connected");
+    assert_eq!(clean.last().unwrap().0, 3, "a clean link is good: {clean:?}");
+    assert!(clean.last().unwrap().1 > 0);
+    assert_eq!(metric(&registry, "sfu_nacks_total", "r"), 0.0);
+
+    sim.loss = 0.15;
+    publisher_sends_vp8(&mut sim, p, mids[0], 150, 30, 100); // 5 s at 15% loss
+    let lossy = qualities(&sim, c);
+    let worst = lossy[clean.len()..].iter().map(|q| q.0).min().expect("quality changed under loss");
+    assert!(worst <= 2, "loss lowers the score: {lossy:?}");
+    assert!(lossy[clean.len()..].iter().any(|q| q.2 >= 50), "loss is reported: {lossy:?}");
+    assert!(metric(&registry, "sfu_nacks_total", "r") > 0.0, "subscriber NACKs are counted");
+    assert!(metric(&registry, "sfu_packets_lost_total", "r") > 0.0, "publisher loss is counted");
+
+    sim.loss = 0.0;
+    publisher_sends_vp8(&mut sim, p, mids[0], 150, 30, 250); // 5 s clean again
+    let all = qualities(&sim, c);
+    assert_eq!(all.last().unwrap().0, 3, "good again: {all:?}");
+    let secs = sim.now.saturating_duration_since(t0).as_secs_f64();
+    assert!((all.len() as f64) <= secs / 2.0 + 2.0, "rate-limited: {} messages in {secs:.1} s", all.len());
+}

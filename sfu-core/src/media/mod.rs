@@ -1,12 +1,14 @@
 //! The media plane, split the LiveKit way: the [`forwarder`] decides (which
 //! layer, when to switch, when to ask for a keyframe), the down-track's
-//! [`rewrite`]r does (SSRC, sequence and timestamp continuity). [`keyframe`]
-//! parses payloads, [`speaker`] finds who talks.
+//! [`rewrite`]r does (SSRC, sequence and timestamp continuity; [`vp8`] keeps
+//! the VP8 PictureID/TL0PICIDX numbering continuous too). [`keyframe`] parses
+//! payloads, [`speaker`] finds who talks.
 
 pub mod forwarder;
 pub mod keyframe;
 pub mod rewrite;
 pub mod speaker;
+pub mod vp8;
 
 use std::time::{Duration, Instant};
 

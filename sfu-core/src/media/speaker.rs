@@ -17,6 +17,12 @@ static AMPLITUDE: LazyLock<[f32; 128]> = LazyLock::new(|| {
     t
 });
 
+/// Linear amplitude of an RFC 6464 level in -dBov (0 loudest, 127 silence).
+#[inline]
+pub fn amplitude(level_dbov: u8) -> f32 {
+    AMPLITUDE[usize::from(level_dbov.min(127))]
+}
+
 /// Tuning of the detector.
 #[derive(Debug, Clone, Copy)]
 pub struct SpeakerParams {
@@ -65,12 +71,21 @@ impl SpeakerDetector {
     /// One audio packet's level (hot path: no allocation once the source exists).
     #[inline]
     pub fn observe(&mut self, key: u64, level_dbov: u8) {
-        let a = AMPLITUDE[usize::from(level_dbov.min(127))];
+        self.observe_sum(key, amplitude(level_dbov), 1);
+    }
+
+    /// `samples` packets whose linear amplitudes ([`amplitude`]) add up to
+    /// `sum`: the engine accumulates per track on the hot path and folds here
+    /// once per tick.
+    pub fn observe_sum(&mut self, key: u64, sum: f32, samples: u32) {
+        if samples == 0 {
+            return;
+        }
         if let Some(s) = self.sources.iter_mut().find(|s| s.key == key) {
-            s.sum += a;
-            s.samples += 1;
+            s.sum += sum;
+            s.samples += samples;
         } else {
-            self.sources.push(Source { key, sum: a, samples: 1, smoothed: 0.0 });
+            self.sources.push(Source { key, sum, samples, smoothed: 0.0 });
         }
     }
 
