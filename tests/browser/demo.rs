@@ -11,7 +11,10 @@ use roombox_tests::stats::fake_mic_script;
 use roombox_tests::{Browser, LaunchOptions, Tab, artifacts_dir, wait_until};
 use serde::Deserialize;
 
-roombox_tests::browser_test_main!(demo_in_three_tabs_shows_everyone_and_follows_the_speaker, tv_and_admin_pages_drive_the_demo);
+roombox_tests::browser_test_main!(
+    demo_in_three_tabs_shows_everyone_and_follows_the_speaker,
+    tv_and_admin_pages_drive_the_demo
+);
 
 /// Loud enough to be the active speaker; the other tabs send silence.
 const LOUD: f32 = 0.8;
@@ -42,6 +45,18 @@ impl Demo {
         self.running.as_ref().expect("running until stop")
     }
 
+    /// Whether the room camera must be seen. Only a build that says it has no
+    /// capture pipeline at all is excused (loudly); a pipeline that exists
+    /// but does not run fails the test.
+    fn room_camera_expected(&self) -> bool {
+        let media = self.running().state.device.state().media;
+        let absent = !media.running && media.detail.contains("not part of this build");
+        if absent {
+            println!("    NOTE: the room camera is NOT checked: the daemon says {:?}", media.detail);
+        }
+        !absent
+    }
+
     async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
@@ -51,7 +66,8 @@ impl Demo {
 
 /// Open the join link as `name`, through the device preview and the Join button.
 async fn join(browser: &Browser, link: &str, name: &str, gain: f32) -> anyhow::Result<(Tab, String)> {
-    let tab = browser.new_tab_with(&format!("{link}&name={name}"), &[&fake_mic_script(gain)]).await?.named(name);
+    let tab =
+        browser.new_tab_with(&format!("{link}&name={name}"), &[&fake_mic_script(gain)]).await?.named(name);
     tab.wait_for(
         "the device preview",
         "!document.getElementById('prejoin').hidden && document.getElementById('preview').videoWidth > 0",
@@ -62,7 +78,11 @@ async fn join(browser: &Browser, link: &str, name: &str, gain: f32) -> anyhow::R
     ensure!(shown == name, "the name field shows {shown:?}, the link said {name:?}");
     tab.eval("document.getElementById('join').click(); true").await?;
     let identity: String = tab
-        .wait_for("a guest identity", "window.roombox.session && window.roombox.session.you?.identity", Duration::from_secs(20))
+        .wait_for(
+            "a guest identity",
+            "window.roombox.session && window.roombox.session.you?.identity",
+            Duration::from_secs(20),
+        )
         .await?
         .as_str()
         .unwrap_or_default()
@@ -88,20 +108,34 @@ async fn tiles(tab: &Tab) -> anyhow::Result<Vec<TileView>> {
     tab.eval_as(TILES_JS).await
 }
 
-/// Wait until `tab` plays video from each of `identities` and from the room
-/// camera, then until every one of those tiles has shown 10 more frames.
-async fn wait_tiles_playing(tab: &Tab, identities: &[&str], timeout: Duration) -> anyhow::Result<()> {
-    let playing = |t: &[TileView], who: &str| t.iter().find(|v| v.identity == who && v.frames > 0).map(|v| v.frames);
-    let room = |t: &[TileView]| t.iter().find(|v| v.source == "room_camera" && v.frames > 0).map(|v| v.frames);
-    let first = wait_until(&format!("{}: the others and the room camera playing", tab.label()), timeout, async || {
-        let t = tiles(tab).await?;
-        let mut frames = Vec::new();
-        for who in identities {
-            frames.push(playing(&t, who).with_context(|| format!("no playing tile of {who}: {t:?}"))?);
-        }
-        frames.push(room(&t).with_context(|| format!("no playing room camera tile: {t:?}"))?);
-        Ok(frames)
-    })
+/// Wait until `tab` plays video from each of `identities` and (when
+/// `room_camera`) from the room camera, then until every one of those tiles
+/// has shown 10 more frames.
+async fn wait_tiles_playing(
+    tab: &Tab,
+    identities: &[&str],
+    room_camera: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let playing =
+        |t: &[TileView], who: &str| t.iter().find(|v| v.identity == who && v.frames > 0).map(|v| v.frames);
+    let room =
+        |t: &[TileView]| t.iter().find(|v| v.source == "room_camera" && v.frames > 0).map(|v| v.frames);
+    let first = wait_until(
+        &format!("{}: the others and the room camera playing", tab.label()),
+        timeout,
+        async || {
+            let t = tiles(tab).await?;
+            let mut frames = Vec::new();
+            for who in identities {
+                frames.push(playing(&t, who).with_context(|| format!("no playing tile of {who}: {t:?}"))?);
+            }
+            if room_camera {
+                frames.push(room(&t).with_context(|| format!("no playing room camera tile: {t:?}"))?);
+            }
+            Ok(frames)
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", tab.console_tail(30)))?;
     wait_until(&format!("{}: every tile to keep playing", tab.label()), timeout, async || {
@@ -109,6 +143,9 @@ async fn wait_tiles_playing(tab: &Tab, identities: &[&str], timeout: Duration) -
         for (i, who) in identities.iter().enumerate() {
             let f = playing(&t, who).unwrap_or(0);
             ensure!(f >= first[i] + 10, "{who}: {} -> {f} frames", first[i]);
+        }
+        if !room_camera {
+            return Ok(());
         }
         let f = room(&t).unwrap_or(0);
         ensure!(f >= first[identities.len()] + 10, "room camera: {} -> {f} frames", first[identities.len()]);
@@ -145,12 +182,14 @@ async fn demo_in_three_tabs_shows_everyone_and_follows_the_speaker() -> anyhow::
         tabs.push(join(&browser, &demo.info.join_link, name, gain).await?);
     }
     let ids: Vec<String> = tabs.iter().map(|(_, id)| id.clone()).collect();
+    let room_camera = demo.room_camera_expected();
     ensure!(ids.iter().all(|i| i.starts_with("guest-")), "identities {ids:?}");
 
     let t0 = Instant::now();
     for (i, (tab, _)) in tabs.iter().enumerate() {
-        let others: Vec<&str> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s.as_str()).collect();
-        wait_tiles_playing(tab, &others, Duration::from_secs(60)).await?;
+        let others: Vec<&str> =
+            ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, s)| s.as_str()).collect();
+        wait_tiles_playing(tab, &others, room_camera, Duration::from_secs(60)).await?;
     }
     let playing_after = t0.elapsed();
     // Names come from the invite exchange: the others see "Ann", not an identity.
@@ -167,7 +206,7 @@ async fn demo_in_three_tabs_shows_everyone_and_follows_the_speaker() -> anyhow::
     let png = artifacts_dir().join("demo/grid.png");
     tabs[2].0.screenshot(&png).await?;
     println!(
-        "    3 tabs: everyone and the room camera playing after {:.1} s; Ann highlighted after {:.1} s; \
+        "    3 tabs: everyone (and the room camera, if checked) playing after {:.1} s; Ann highlighted after {:.1} s; \
          the highlight moved to Bob {:.1} s after he spoke\n    screenshot of Cid's grid: {}",
         playing_after.as_secs_f64(),
         ann_after.as_secs_f64(),
@@ -194,10 +233,19 @@ async fn tv_and_admin_pages_drive_the_demo() -> anyhow::Result<()> {
         .running()
         .state
         .auth
-        .issue_access("invite", "demo", grants, Duration::from_secs(3600), None, None, roombox_tests::unix_now())
+        .issue_access(
+            "invite",
+            "demo",
+            grants,
+            Duration::from_secs(3600),
+            None,
+            None,
+            roombox_tests::unix_now(),
+        )
         .context("issuing the TV invite")?;
-    let tv = browser.new_tab(&format!("{}/display#room=demo&token={tv_invite}", demo.info.url)).await?.named("tv");
-    wait_tiles_playing(&tv, &[ann_id.as_str()], Duration::from_secs(60)).await?;
+    let tv =
+        browser.new_tab(&format!("{}/display#room=demo&token={tv_invite}", demo.info.url)).await?.named("tv");
+    wait_tiles_playing(&tv, &[ann_id.as_str()], demo.room_camera_expected(), Duration::from_secs(60)).await?;
     let audio: u64 = tv.eval_as("document.querySelectorAll('audio').length").await?;
     ensure!(audio == 0, "the TV plays sound ({audio} audio elements)");
     // Ann's grid does not show the TV as a person.
@@ -210,7 +258,9 @@ async fn tv_and_admin_pages_drive_the_demo() -> anyhow::Result<()> {
 
     let password = demo.info.admin_password.clone().context("the demo printed no admin password")?;
     let admin = browser.new_tab(&format!("{}/admin", demo.info.url)).await?.named("admin");
-    admin.wait_for("the sign-in form", "!document.getElementById('login').hidden", Duration::from_secs(10)).await?;
+    admin
+        .wait_for("the sign-in form", "!document.getElementById('login').hidden", Duration::from_secs(10))
+        .await?;
     admin
         .eval(&format!(
             "document.getElementById('login-user').value = 'admin'; \
