@@ -13,6 +13,7 @@
 //! | [`metrics`] | Prometheus registry, the seed's meeting metrics |
 //! | [`tls`] | the owner's certificate or a self-signed one made on first boot |
 //! | [`events`] | SFU room events → store rows and metrics |
+//! | [`media`] | the room camera, microphone and speakers: capture, H.264/Opus, AEC, in-process publish |
 //! | [`daemon`] | start, run, graceful shutdown; the demo |
 //!
 //! ```no_run
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod device;
 pub mod events;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod names;
 pub mod store;
