@@ -1,0 +1,380 @@
+//! Start, run and stop the daemon; the demo.
+//!
+//! Start order: data dir → metrics → store (crash leftovers closed) → auth
+//! (key, first-boot admin) → TLS files → SFU → room media → room-event task →
+//! HTTP(S) server. Stop order (SIGTERM/SIGINT): the SFU tells every peer and
+//! closes; the event task drains; open meetings and sessions are closed in the
+//! store; the HTTP server drains for up to 5 s; the WAL is checkpointed and the
+//! store thread ends. Every step that writes is a committed transaction, so a
+//! kill at any point leaves the store consistent and the next start closes
+//! what was left open.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu_core::auth::Grants;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{Auth, AuthServiceError, unix_now};
+use crate::config::DaemonConfig;
+use crate::device::Device;
+use crate::events::EventRecorder;
+use crate::http::{AppState, SharedState};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, StoreOptions, q};
+use crate::tls::{TlsError, TlsFiles};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthServiceError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// A running daemon.
+pub struct Running {
+    pub state: SharedState,
+    /// The address the HTTP(S) server listens on.
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// The plain-HTTP redirect listener's address, when `http.redirect_listen` is set.
+    pub redirect_addr: Option<SocketAddr>,
+    /// Set on first boot only: the generated admin password.
+    pub first_admin_password: Option<String>,
+    handle: axum_server::Handle<SocketAddr>,
+    server: JoinHandle<std::io::Result<()>>,
+    redirect: Option<(axum_server::Handle<SocketAddr>, JoinHandle<std::io::Result<()>>)>,
+    shutdown_tx: watch::Sender<bool>,
+    events: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// `https://HOST:PORT` (or `http://`) a browser on the LAN can open.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let ip = if self.addr.ip().is_unspecified() {
+            crate::tls::local_addresses()
+                .into_iter()
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        } else {
+            self.addr.ip()
+        };
+        match ip {
+            IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", self.addr.port()),
+            IpAddr::V4(v4) => format!("{scheme}://{v4}:{}", self.addr.port()),
+        }
+    }
+
+    /// Graceful shutdown (see the module docs). Never loses a committed row.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        if let Some(sfu) = &self.state.sfu {
+            sfu.shutdown().await;
+        }
+        // Let the event task record the SFU's last leaves, then stop it.
+        let mut events = self.events;
+        if tokio::time::timeout(Duration::from_secs(2), &mut events).await.is_err() {
+            events.abort();
+        }
+        let now = unix_now() as i64;
+        match self.state.store.call(move |c| q::close_all_open(c, now, "shutdown")).await {
+            Ok((m, s)) => tracing::info!(meetings = m, sessions = s, "closed open meetings in the store"),
+            Err(e) => tracing::error!(error = %e, "could not close open meetings (the next start will)"),
+        }
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        if let Some((h, t)) = self.redirect {
+            h.graceful_shutdown(Some(Duration::from_secs(1)));
+            let _ = t.await;
+        }
+        let _ = self.server.await;
+        for t in self.background {
+            t.abort();
+        }
+        let store = self.state.store.clone();
+        drop(self.state);
+        if let Err(e) = store.close().await {
+            tracing::error!(error = %e, "final checkpoint failed (the WAL still holds every commit)");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Wait for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM"),
+                _ = i.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Start everything; returns once the server listens.
+pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        let text: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+        return Err(DaemonError::Config(text.join("; ")));
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cfg = Arc::new(cfg);
+    let data_dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(io(format!("data dir {}", data_dir.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let server_id = if cfg.server_id.is_empty() { crate::tls::hostname() } else { cfg.server_id.clone() };
+    let thermal = PathBuf::from("/sys/class/thermal");
+    let metrics = Arc::new(Metrics::new(&cfg.region, &server_id, Some(thermal))?);
+
+    // The store: opened (quick_check, migrations) off the runtime.
+    let path = cfg.store_path();
+    let opts = StoreOptions { synchronous: cfg.store.synchronous, max_size_mib: cfg.store.max_size_mib };
+    let store = tokio::task::spawn_blocking(move || Store::open(&path, opts))
+        .await
+        .map_err(|e| DaemonError::Config(e.to_string()))??;
+    let now = unix_now() as i64;
+    let (m, s) = store.call(move |c| q::close_all_open(c, now, "crash_recovery")).await?;
+    if m + s > 0 {
+        tracing::warn!(meetings = m, sessions = s, "closed meetings left open by an unclean stop");
+    }
+    let room = cfg.room.clone();
+    store.call(move |c| q::ensure_room(c, &room, now)).await?;
+
+    let auth = Auth::new(&data_dir, cfg.auth.clone(), store.clone()).await?;
+    let first_admin_password = auth.ensure_first_admin().await?;
+
+    let tls = if cfg.http.tls {
+        Some(match (&cfg.http.cert_file, &cfg.http.key_file) {
+            (Some(c), Some(k)) => crate::tls::owner_files(c, k)?,
+            _ => {
+                let names = crate::tls::wanted_names(&cfg.http.extra_names);
+                let d = data_dir.clone();
+                tokio::task::spawn_blocking(move || crate::tls::ensure_self_signed(&d, &names))
+                    .await
+                    .map_err(|e| DaemonError::Config(e.to_string()))??
+            }
+        })
+    } else {
+        None
+    };
+
+    // The SFU. While it cannot start the daemon still serves (the API, the
+    // admin page) and /readyz says why it is not ready.
+    let sfu = match sfu_core::Sfu::start(cfg.sfu.clone(), auth.local_verifier(), &metrics.registry).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "the SFU did not start; /readyz reports not ready");
+            None
+        }
+    };
+
+    // MEDIA SEAM: `RoomMedia::start(&sfu, &cfg.room, &media_cfg, &metrics.registry)`
+    // goes here once the capture pipeline is merged; `Device` then forwards to it.
+    let device = Arc::new(Device::detached("the capture pipeline is not part of this build yet"));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let recorder = EventRecorder { store: store.clone(), metrics: metrics.clone() };
+    let events = match &sfu {
+        Some(s) => tokio::spawn(recorder.run(s.events(), Some(s.clone()))),
+        None => tokio::spawn(async {}),
+    };
+
+    let state: SharedState = Arc::new(AppState {
+        cfg: cfg.clone(),
+        auth: auth.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        sfu,
+        device,
+        started: Instant::now(),
+        server_id,
+    });
+    let app = crate::http::router(state.clone());
+
+    let handle = axum_server::Handle::new();
+    let listen = cfg.http.listen;
+    let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server = match &tls {
+        Some(files) => {
+            let rc = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                .await
+                .map_err(io(format!("TLS certificate {}", files.cert.display())))?;
+            let srv = axum_server::bind_rustls(listen, rc).handle(handle.clone());
+            tokio::spawn(srv.serve(make))
+        }
+        None => {
+            let srv = axum_server::bind(listen).handle(handle.clone());
+            tokio::spawn(srv.serve(make))
+        }
+    };
+    let addr = match handle.listening().await {
+        Some(a) => a,
+        None => {
+            let err = match server.await {
+                Ok(Err(e)) => e,
+                _ => std::io::Error::other("the server stopped"),
+            };
+            return Err(DaemonError::Io { what: format!("listen on {listen}"), source: err });
+        }
+    };
+
+    let redirect = match (cfg.http.redirect_listen, tls.is_some()) {
+        (Some(r), true) => {
+            let h = axum_server::Handle::new();
+            let port = addr.port();
+            let app = axum::Router::new()
+                .fallback(move |req: axum::extract::Request| async move { redirect_to_https(&req, port) });
+            let t = tokio::spawn(axum_server::bind(r).handle(h.clone()).serve(app.into_make_service()));
+            match h.listening().await {
+                Some(a) => Some((h, t, a)),
+                None => {
+                    let err = match t.await {
+                        Ok(Err(e)) => e,
+                        _ => std::io::Error::other("the redirect listener stopped"),
+                    };
+                    return Err(DaemonError::Io { what: format!("listen on {r}"), source: err });
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let mut background = Vec::new();
+    background.push(tokio::spawn(crate::auth::jwks_refresher(auth.clone(), shutdown_rx.clone())));
+    {
+        let store = store.clone();
+        let days = cfg.store.retention_days;
+        let mut stop = shutdown_rx.clone();
+        background.push(tokio::spawn(async move {
+            loop {
+                let now = unix_now() as i64;
+                if let Err(e) = store.call(move |c| q::prune(c, now, days)).await {
+                    tracing::warn!(error = %e, "pruning old rows failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+    }
+
+    tracing::info!(%addr, tls = tls.is_some(), sfu = state.sfu.is_some(), "roomboxd is serving");
+    Ok(Running {
+        state,
+        addr,
+        tls,
+        first_admin_password,
+        handle,
+        server,
+        redirect_addr: redirect.as_ref().map(|r| r.2),
+        redirect: redirect.map(|(h, t, _)| (h, t)),
+        shutdown_tx,
+        events,
+        background,
+    })
+}
+
+fn redirect_to_https(req: &axum::extract::Request, port: u16) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            // Strip a port; keep IPv6 brackets.
+            if h.starts_with('[') {
+                h.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+            } else {
+                h.split(':').next().unwrap_or("").to_owned()
+            }
+        })
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)));
+    let Some(host) = host else {
+        return (axum::http::StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
+    };
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target =
+        if port == 443 { format!("https://{host}{path}") } else { format!("https://{host}:{port}{path}") };
+    axum::response::Redirect::permanent(&target).into_response()
+}
+
+/// What `roomboxd demo` prints.
+#[derive(Debug, Clone)]
+pub struct DemoInfo {
+    pub url: String,
+    /// Opens the web client in room `demo` with an invite token.
+    pub join_link: String,
+    pub invite_token: String,
+    pub admin_password: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+/// The demo's config: room `demo`, loopback candidates allowed, data in `data_dir`.
+pub fn demo_config(http: SocketAddr, data_dir: PathBuf) -> DaemonConfig {
+    let mut cfg = DaemonConfig::default();
+    cfg.data_dir = data_dir;
+    cfg.http.listen = http;
+    cfg.room = "demo".into();
+    cfg.region = "demo".into();
+    cfg.sfu.include_loopback = true;
+    cfg
+}
+
+/// Start the demo and make its join link.
+pub async fn demo(cfg: DaemonConfig) -> Result<(Running, DemoInfo), DaemonError> {
+    let data_dir = cfg.data_dir.clone();
+    let running = start(cfg).await?;
+    let url = running.url();
+    let grants = Grants { publish: true, subscribe: true, record: false, admin: false };
+    let (invite, _) = running.state.auth.issue_access(
+        "invite",
+        "demo",
+        grants,
+        Duration::from_secs(12 * 3600),
+        None,
+        None,
+        unix_now(),
+    )?;
+    let join_link = format!("{url}/#room=demo&token={invite}");
+    let info = DemoInfo {
+        url,
+        join_link,
+        invite_token: invite,
+        admin_password: running.first_admin_password.clone(),
+        data_dir,
+    };
+    Ok((running, info))
+}

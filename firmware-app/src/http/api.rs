@@ -1,0 +1,797 @@
+//! `/api/v1`: rooms, meetings, participants, tokens, device state, recordings,
+//! login/refresh/logout. The OpenAPI document is generated from these
+//! handlers ([`ApiDoc`]) and served at `/api/v1/openapi.json`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sfu_core::auth::{Claims, Grants};
+use sfu_core::protocol::TrackKind;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Bearer, ClientIp, ErrorBody, SharedState};
+use crate::auth::{GrantsDto, TokenPair, random_bytes, unix_now};
+use crate::device::{DevicePatch, DeviceState};
+use crate::names::{IDENTITY_RULE, ROOM_RULE, valid_identity, valid_room};
+use crate::store::{AuditRow, MeetingRow, RecordingRow, RoomRow, SessionRow, atomic, q};
+
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/password", post(change_password))
+        .route("/users/{username}/revoke", post(revoke_user))
+        .route("/rooms", get(list_rooms).post(create_room))
+        .route("/rooms/{room}", get(get_room))
+        .route("/rooms/{room}/join", post(join_room))
+        .route("/rooms/{room}/participants", get(list_participants))
+        .route("/rooms/{room}/participants/{identity}/kick", post(kick))
+        .route("/rooms/{room}/participants/{identity}/mute", post(mute))
+        .route("/meetings", get(list_meetings))
+        .route("/meetings/{id}/sessions", get(list_sessions))
+        .route("/tokens", post(issue_token))
+        .route("/device", get(get_device).patch(patch_device))
+        .route("/recordings", get(list_recordings))
+        .route("/audit", get(list_audit))
+        .route("/status", get(status))
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "roombox API", description = "The appliance's REST API. Every error is `{\"error\": {\"code\", \"message\"}}`."),
+    paths(
+        login, refresh, logout, change_password, revoke_user,
+        list_rooms, create_room, get_room, join_room,
+        list_participants, kick, mute,
+        list_meetings, list_sessions,
+        issue_token, get_device, patch_device, list_recordings, list_audit, status,
+    ),
+    components(schemas(
+        ErrorBody, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
+        RoomView, CreateRoom, JoinRequest, JoinResponse, Participant, ParticipantTrack, MuteRequest, MediaKind,
+        MeetingRow, SessionRow, TokenRequest, TokenResponse, DeviceState, DevicePatch, RecordingRow, AuditRow,
+        Status, SfuStatus,
+    )),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
+pub fn openapi_json_text() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    let mut s = doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+async fn openapi_json() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json_text()).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// Authorization helpers
+
+fn need_room(c: &Claims, room: &str) -> Result<(), ApiError> {
+    if c.allows_room(room) {
+        Ok(())
+    } else {
+        Err(sfu_core::auth::AuthError::WrongRoom { token_room: c.room.clone(), room: room.to_owned() }.into())
+    }
+}
+
+fn need_room_admin(c: &Claims, room: &str) -> Result<(), ApiError> {
+    need_room(c, room)?;
+    if c.grants.admin { Ok(()) } else { Err(sfu_core::auth::AuthError::MissingGrant("admin").into()) }
+}
+
+fn need_box_admin(c: &Claims) -> Result<(), ApiError> {
+    if c.room == "*" && c.grants.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this needs an administrator token (room \"*\" with the admin grant)"))
+    }
+}
+
+fn room_name(room: &str) -> Result<(), ApiError> {
+    if valid_room(room) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("bad_room_name", format!("room: {ROOM_RULE}")))
+    }
+}
+
+fn identity_name(id: &str) -> Result<(), ApiError> {
+    if valid_identity(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("bad_identity", format!("identity: {IDENTITY_RULE}")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Auth
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    /// Members name the room they join; admins get every room when absent.
+    #[serde(default)]
+    pub room: Option<String>,
+}
+
+/// Log in with a local user's password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()), request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Access and refresh tokens", body = TokenPair),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts (see Retry-After)", body = ErrorBody),
+    ))]
+async fn login(
+    State(s): State<SharedState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<axum::Json<TokenPair>, ApiError> {
+    if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
+        return Err(ApiError::bad_request("bad_request", "username 1-64 bytes, password at most 1024 bytes"));
+    }
+    match s.auth.login(&req.username, &req.password, req.room.as_deref(), ip, unix_now()).await {
+        Ok(p) => {
+            s.metrics.logins.with_label_values(&["ok"]).inc();
+            Ok(axum::Json(p))
+        }
+        Err(e) => {
+            let outcome = match &e {
+                crate::auth::AuthServiceError::RateLimited { .. } => "rate_limited",
+                _ => "bad_credentials",
+            };
+            s.metrics.logins.with_label_values(&[outcome]).inc();
+            Err(e.into())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// Trade a refresh token for a new pair. The old refresh token is spent;
+/// presenting it again revokes the whole session.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", security(()), request_body = RefreshRequest,
+    responses(
+        (status = 200, body = TokenPair),
+        (status = 401, description = "Unknown, expired, revoked or reused", body = ErrorBody),
+    ))]
+async fn refresh(
+    State(s): State<SharedState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<axum::Json<TokenPair>, ApiError> {
+    Ok(axum::Json(s.auth.refresh(&req.refresh_token, unix_now()).await?))
+}
+
+/// End a session: its refresh tokens are revoked.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(()), request_body = RefreshRequest,
+    responses((status = 204, description = "Logged out")))]
+async fn logout(
+    State(s): State<SharedState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    s.auth.logout(&req.refresh_token, unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    pub old_password: String,
+    /// At least 10 characters.
+    pub new_password: String,
+}
+
+/// Change the caller's password; every token issued before is revoked.
+#[utoipa::path(post, path = "/api/v1/auth/password", tag = "auth", request_body = PasswordRequest,
+    responses((status = 204, description = "Changed"), (status = 401, body = ErrorBody)))]
+async fn change_password(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<PasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    if c.tv.is_none() {
+        return Err(ApiError::forbidden("only a local user's own login token may change a password"));
+    }
+    s.auth.change_password(&c.sub, &req.old_password, &req.new_password, ip, unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke every token of a user (bumps the user's token version). Admins only.
+#[utoipa::path(post, path = "/api/v1/users/{username}/revoke", tag = "auth",
+    params(("username" = String, Path)),
+    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody)))]
+async fn revoke_user(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(username): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    need_box_admin(&c)?;
+    identity_name(&username)?;
+    s.auth.revoke_user(&username, &c.sub, unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------
+// Rooms
+
+/// A room: what the store knows plus who is there now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoomView {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub created_at: i64,
+    /// Participants connected now (0 when the SFU is not running).
+    pub participants: usize,
+    /// Whether a meeting is going on.
+    pub live: bool,
+    pub active_speaker: Option<String>,
+}
+
+async fn live_rooms(s: &SharedState) -> Vec<sfu_core::RoomSnapshot> {
+    match &s.sfu {
+        Some(sfu) => sfu.rooms().await.unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
+fn view(row: RoomRow, live: &[sfu_core::RoomSnapshot]) -> RoomView {
+    let snap = live.iter().find(|r| r.name == row.name);
+    RoomView {
+        participants: snap.map(|r| r.participants.len()).unwrap_or(0),
+        live: snap.is_some_and(|r| !r.participants.is_empty()),
+        active_speaker: snap.and_then(|r| r.active_speaker.clone()),
+        name: row.name,
+        display_name: row.display_name,
+        created_at: row.created_at,
+    }
+}
+
+/// Rooms the caller may see (admins: all).
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", responses((status = 200, body = Vec<RoomView>)))]
+async fn list_rooms(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<Vec<RoomView>>, ApiError> {
+    let rows = s.store.call(|c| q::list_rooms(c)).await?;
+    let live = live_rooms(&s).await;
+    Ok(axum::Json(rows.into_iter().filter(|r| c.allows_room(&r.name)).map(|r| view(r, &live)).collect()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    pub name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// Create a room. Admins only.
+#[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", request_body = CreateRoom,
+    responses((status = 201, body = RoomView), (status = 409, body = ErrorBody)))]
+async fn create_room(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiJson(req): ApiJson<CreateRoom>,
+) -> Result<(StatusCode, axum::Json<RoomView>), ApiError> {
+    need_box_admin(&c)?;
+    room_name(&req.name)?;
+    if req.display_name.as_ref().is_some_and(|d| d.len() > 200) {
+        return Err(ApiError::bad_request("bad_request", "display_name: at most 200 bytes"));
+    }
+    let now = unix_now() as i64;
+    let actor = c.sub.clone();
+    let row = s
+        .store
+        .call(move |db| {
+            atomic(db, |db| {
+                let r = q::create_room(db, &req.name, req.display_name.as_deref(), now)?;
+                q::audit(db, now, &actor, "room_created", Some(&req.name), None, None)?;
+                Ok(r)
+            })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(view(row, &[]))))
+}
+
+/// One room.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path)),
+    responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
+async fn get_room(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(room): ApiPath<String>,
+) -> Result<axum::Json<RoomView>, ApiError> {
+    room_name(&room)?;
+    need_room(&c, &room)?;
+    let r = room.clone();
+    let row = s
+        .store
+        .call(move |db| q::get_room(db, &r))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such room"))?;
+    let live = live_rooms(&s).await;
+    Ok(axum::Json(view(row, &live)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// Display name shown to others.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Renew the token of an identity this invite handed out before (`guest-` + 8 hex digits).
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinResponse {
+    pub token: String,
+    pub identity: String,
+    pub room: String,
+    pub expires_in: u64,
+    pub grants: GrantsDto,
+}
+
+/// Exchange an invite token (identity `invite`, as in the demo's join link) or
+/// an admin token for a personal access token with a unique guest identity.
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/join", tag = "rooms", params(("room" = String, Path)),
+    request_body = JoinRequest,
+    responses((status = 200, body = JoinResponse), (status = 403, body = ErrorBody)))]
+async fn join_room(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(room): ApiPath<String>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Result<axum::Json<JoinResponse>, ApiError> {
+    room_name(&room)?;
+    need_room(&c, &room)?;
+    if c.sub != "invite" && !c.grants.admin {
+        return Err(ApiError::forbidden("only an invite or admin token can be exchanged"));
+    }
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request("bad_request", "name: 1 to 64 printable characters"));
+    }
+    let identity = match req.identity {
+        Some(id) => {
+            let ok = id.len() == 14
+                && id.starts_with("guest-")
+                && id[6..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            if !ok {
+                return Err(ApiError::bad_request(
+                    "bad_identity",
+                    "identity: guest- followed by 8 hex digits",
+                ));
+            }
+            id
+        }
+        None => {
+            let mut b = [0u8; 4];
+            random_bytes(&mut b).map_err(|e| ApiError::internal(e.to_string()))?;
+            format!("guest-{}", hex::encode(b))
+        }
+    };
+    let grants =
+        Grants { publish: c.grants.publish, subscribe: c.grants.subscribe, record: false, admin: false };
+    let ttl = s.auth.config().access_ttl;
+    let (token, claims) = s
+        .auth
+        .issue_access(&identity, &room, grants, ttl, None, req.name, unix_now())
+        .map_err(ApiError::from)?;
+    Ok(axum::Json(JoinResponse {
+        token,
+        identity,
+        room,
+        expires_in: claims.exp - claims.iat,
+        grants: grants.into(),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Participants
+
+/// A participant connected now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Participant {
+    pub identity: String,
+    pub name: Option<String>,
+    /// The appliance's own camera and microphone.
+    pub local: bool,
+    pub tracks: Vec<ParticipantTrack>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantTrack {
+    pub id: String,
+    pub kind: MediaKind,
+    pub codec: String,
+    pub muted: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl From<TrackKind> for MediaKind {
+    fn from(k: TrackKind) -> Self {
+        match k {
+            TrackKind::Audio => MediaKind::Audio,
+            TrackKind::Video => MediaKind::Video,
+        }
+    }
+}
+
+/// Who is in a room now.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/participants", tag = "participants",
+    params(("room" = String, Path)),
+    responses((status = 200, body = Vec<Participant>), (status = 503, description = "SFU not running", body = ErrorBody)))]
+async fn list_participants(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(room): ApiPath<String>,
+) -> Result<axum::Json<Vec<Participant>>, ApiError> {
+    room_name(&room)?;
+    need_room(&c, &room)?;
+    let sfu = s.sfu.as_ref().ok_or_else(ApiError::sfu_unavailable)?;
+    let rooms = sfu.rooms().await?;
+    let Some(r) = rooms.into_iter().find(|r| r.name == room) else {
+        return Ok(axum::Json(Vec::new()));
+    };
+    Ok(axum::Json(
+        r.participants
+            .into_iter()
+            .map(|p| Participant {
+                identity: p.identity,
+                name: p.name,
+                local: p.local,
+                tracks: p
+                    .tracks
+                    .into_iter()
+                    .map(|t| ParticipantTrack {
+                        id: t.id,
+                        kind: t.kind.into(),
+                        codec: t.codec,
+                        muted: t.muted,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    ))
+}
+
+/// Remove a participant from a room. Room admins only.
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/kick", tag = "participants",
+    params(("room" = String, Path), ("identity" = String, Path)),
+    responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody)))]
+async fn kick(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath((room, identity)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    room_name(&room)?;
+    identity_name(&identity)?;
+    need_room_admin(&c, &room)?;
+    let sfu = s.sfu.as_ref().ok_or_else(ApiError::sfu_unavailable)?;
+    sfu.kick(&room, &identity, &format!("removed by {}", c.sub)).await?;
+    audit(&s, &c.sub, "kick", &format!("{room}/{identity}"), None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MuteRequest {
+    pub kind: MediaKind,
+    pub muted: bool,
+}
+
+/// Mute (or unmute) a participant's audio or video in the SFU. Room admins only.
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/mute", tag = "participants",
+    params(("room" = String, Path), ("identity" = String, Path)), request_body = MuteRequest,
+    responses((status = 204, description = "Done"), (status = 404, body = ErrorBody)))]
+async fn mute(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath((room, identity)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<MuteRequest>,
+) -> Result<StatusCode, ApiError> {
+    room_name(&room)?;
+    identity_name(&identity)?;
+    need_room_admin(&c, &room)?;
+    let sfu = s.sfu.as_ref().ok_or_else(ApiError::sfu_unavailable)?;
+    let kind = match req.kind {
+        MediaKind::Audio => TrackKind::Audio,
+        MediaKind::Video => TrackKind::Video,
+    };
+    sfu.mute(&room, &identity, kind, req.muted).await?;
+    audit(&s, &c.sub, if req.muted { "mute" } else { "unmute" }, &format!("{room}/{identity}"), None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn audit(s: &SharedState, actor: &str, action: &str, target: &str, detail: Option<String>) {
+    let (a, ac, t) = (actor.to_owned(), action.to_owned(), target.to_owned());
+    let now = unix_now() as i64;
+    if let Err(e) = s.store.call(move |c| q::audit(c, now, &a, &ac, Some(&t), detail.as_deref(), None)).await
+    {
+        tracing::warn!(error = %e, "audit entry not written");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Meetings
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingQuery {
+    /// Only this room's meetings.
+    pub room: Option<String>,
+    /// At most this many (default 50, max 500).
+    pub limit: Option<u32>,
+}
+
+/// Meetings, newest first.
+#[utoipa::path(get, path = "/api/v1/meetings", tag = "meetings", params(MeetingQuery),
+    responses((status = 200, body = Vec<MeetingRow>)))]
+async fn list_meetings(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiQuery(mq): ApiQuery<MeetingQuery>,
+) -> Result<axum::Json<Vec<MeetingRow>>, ApiError> {
+    match &mq.room {
+        Some(r) => {
+            room_name(r)?;
+            need_room(&c, r)?;
+        }
+        None => need_box_admin(&c)?,
+    }
+    let limit = mq.limit.unwrap_or(50).clamp(1, 500);
+    Ok(axum::Json(s.store.call(move |db| q::list_meetings(db, mq.room.as_deref(), limit)).await?))
+}
+
+/// Who took part in a meeting.
+#[utoipa::path(get, path = "/api/v1/meetings/{id}/sessions", tag = "meetings", params(("id" = i64, Path)),
+    responses((status = 200, body = Vec<SessionRow>)))]
+async fn list_sessions(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::Json<Vec<SessionRow>>, ApiError> {
+    need_box_admin(&c)?;
+    Ok(axum::Json(s.store.call(move |db| q::list_sessions(db, id)).await?))
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub room: String,
+    pub identity: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub grants: GrantsDto,
+    /// Lifetime in seconds (default `auth.access_ttl`, at most `auth.max_issued_ttl`).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    pub token: String,
+    pub room: String,
+    pub identity: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Issue an access token for a room and identity. Admins of that room only.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = TokenRequest,
+    responses((status = 201, body = TokenResponse), (status = 403, body = ErrorBody)))]
+async fn issue_token(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<(StatusCode, axum::Json<TokenResponse>), ApiError> {
+    if req.room != "*" {
+        room_name(&req.room)?;
+    }
+    identity_name(&req.identity)?;
+    need_room_admin(&c, &req.room)?;
+    if req.room == "*" {
+        need_box_admin(&c)?;
+    }
+    if req.identity == "invite" && !req.grants.subscribe {
+        return Err(ApiError::bad_request("bad_request", "an invite token needs the subscribe grant"));
+    }
+    let max = s.auth.config().max_issued_ttl;
+    let ttl = match req.ttl_secs {
+        None => s.auth.config().access_ttl,
+        Some(t) if t >= 10 && Duration::from_secs(t) <= max => Duration::from_secs(t),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "bad_ttl",
+                format!("ttl_secs between 10 and {}", max.as_secs()),
+            ));
+        }
+    };
+    let (token, claims) = s
+        .auth
+        .issue_access(&req.identity, &req.room, req.grants.into(), ttl, None, req.name, unix_now())
+        .map_err(ApiError::from)?;
+    audit(&s, &c.sub, "token_issued", &format!("{}/{}", req.room, req.identity), None).await;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TokenResponse { token, room: req.room, identity: req.identity, expires_at: claims.exp }),
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Device
+
+/// The room's microphone, camera and media pipeline.
+#[utoipa::path(get, path = "/api/v1/device", tag = "device", responses((status = 200, body = DeviceState)))]
+async fn get_device(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<DeviceState>, ApiError> {
+    need_room(&c, &s.cfg.room)?;
+    Ok(axum::Json(s.device.state()))
+}
+
+/// Mute the room microphone or turn the room camera off (or back on).
+#[utoipa::path(patch, path = "/api/v1/device", tag = "device", request_body = DevicePatch,
+    responses((status = 200, body = DeviceState), (status = 403, body = ErrorBody)))]
+async fn patch_device(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiJson(p): ApiJson<DevicePatch>,
+) -> Result<axum::Json<DeviceState>, ApiError> {
+    need_room_admin(&c, &s.cfg.room)?;
+    let st = s.device.apply(&p);
+    audit(&s, &c.sub, "device", &s.cfg.room, serde_json::to_string(&p).ok()).await;
+    Ok(axum::Json(st))
+}
+
+// ---------------------------------------------------------------------------
+// Recordings, audit
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// At most this many (default 50, max 500).
+    pub limit: Option<u32>,
+}
+
+/// Recordings on the box, newest first. Admins only.
+#[utoipa::path(get, path = "/api/v1/recordings", tag = "recordings", params(LimitQuery),
+    responses((status = 200, body = Vec<RecordingRow>)))]
+async fn list_recordings(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiQuery(lq): ApiQuery<LimitQuery>,
+) -> Result<axum::Json<Vec<RecordingRow>>, ApiError> {
+    need_box_admin(&c)?;
+    let limit = lq.limit.unwrap_or(50).clamp(1, 500);
+    Ok(axum::Json(s.store.call(move |db| q::list_recordings(db, limit)).await?))
+}
+
+/// The audit log, newest first. Admins only.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(LimitQuery),
+    responses((status = 200, body = Vec<AuditRow>)))]
+async fn list_audit(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiQuery(lq): ApiQuery<LimitQuery>,
+) -> Result<axum::Json<Vec<AuditRow>>, ApiError> {
+    need_box_admin(&c)?;
+    let limit = lq.limit.unwrap_or(50).clamp(1, 500);
+    Ok(axum::Json(s.store.call(move |db| q::list_audit(db, limit)).await?))
+}
+
+// ---------------------------------------------------------------------------
+// Status (the admin page's device health)
+
+/// The SFU's counters.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SfuStatus {
+    pub running: bool,
+    pub rooms: usize,
+    pub participants: usize,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub dropped_packets: u64,
+}
+
+/// Health of the whole box.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub version: String,
+    pub server_id: String,
+    pub region: String,
+    pub board: Option<String>,
+    pub uptime_secs: u64,
+    /// The store answers.
+    pub store: bool,
+    pub sfu: SfuStatus,
+    pub device: DeviceState,
+    /// Meetings open now.
+    pub active_meetings: i64,
+}
+
+/// Version, uptime, store, SFU and device health. Admins of the box's room.
+#[utoipa::path(get, path = "/api/v1/status", tag = "status", responses((status = 200, body = Status)))]
+async fn status(State(s): State<SharedState>, Bearer(c): Bearer) -> Result<axum::Json<Status>, ApiError> {
+    need_room_admin(&c, &s.cfg.room)?;
+    let store = s.store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.is_ok();
+    let stats = match &s.sfu {
+        Some(sfu) => sfu.stats().await.ok(),
+        None => None,
+    };
+    let sfu = SfuStatus {
+        running: stats.is_some(),
+        rooms: stats.as_ref().map(|x| x.rooms).unwrap_or(0),
+        participants: stats.as_ref().map(|x| x.participants).unwrap_or(0),
+        forwarded_packets: stats.as_ref().map(|x| x.forwarded_packets).unwrap_or(0),
+        forwarded_bytes: stats.as_ref().map(|x| x.forwarded_bytes).unwrap_or(0),
+        dropped_packets: stats.as_ref().map(|x| x.dropped_packets).unwrap_or(0),
+    };
+    Ok(axum::Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        server_id: s.server_id.clone(),
+        region: s.cfg.region.clone(),
+        board: s.cfg.board.clone(),
+        uptime_secs: s.started.elapsed().as_secs(),
+        store,
+        sfu,
+        device: s.device.state(),
+        active_meetings: s.metrics.active_meetings(),
+    }))
+}
