@@ -61,7 +61,7 @@ impl Janus {
     transports_folder = "/usr/lib/x86_64-linux-gnu/janus/transports"
     events_folder = "/usr/lib/x86_64-linux-gnu/janus/events"
     loggers_folder = "/usr/lib/x86_64-linux-gnu/janus/loggers"
-    debug_level = 2
+    debug_level = {debug}
     session_timeout = 120
     event_loops = 2
 }}
@@ -84,6 +84,7 @@ events: {{
 }}
 "#,
                 conf = conf.display(),
+                debug = std::env::var("BENCH_JANUS_DEBUG").unwrap_or_else(|_| "2".into()),
                 lo = rtp_ports.0,
                 hi = rtp_ports.1,
             ),
@@ -297,7 +298,8 @@ pub async fn publish(s: &Session, room: u64, display: &str, offer: &str) -> anyh
             &mut h,
             json!({"request": "joinandconfigure", "ptype": "publisher", "room": room, "display": display,
                    "audio": true, "video": true}),
-            Some(json!({"type": "offer", "sdp": offer})),
+            // Our a=simulcast lists rids lowest first; Janus assumes highest first unless told.
+            Some(json!({"type": "offer", "sdp": offer, "rid_order": "lmh"})),
         )
         .await?;
     let feed = data["id"].as_u64().ok_or_else(|| anyhow!("no feed id in {data}"))?;
@@ -307,14 +309,14 @@ pub async fn publish(s: &Session, room: u64, display: &str, offer: &str) -> anyh
     Ok((feed, sdp, h))
 }
 
-/// Subscribe to `feed` (substream 0..=2): Janus offers; returns (offer SDP, handle).
-pub async fn subscribe_offer(s: &Session, room: u64, feed: u64, substream: u8) -> anyhow::Result<(String, Handle)> {
+/// Subscribe to `feed`: Janus offers; returns (offer SDP, handle).
+pub async fn subscribe_offer(s: &Session, room: u64, feed: u64) -> anyhow::Result<(String, Handle)> {
     let mut h = s.attach().await?;
     let (_data, jsep) = s
         .message(
             &mut h,
             json!({"request": "join", "ptype": "subscriber", "room": room,
-                   "streams": [{"feed": feed}], "substream": substream}),
+                   "streams": [{"feed": feed}]}),
             None,
         )
         .await?;
@@ -330,6 +332,10 @@ pub async fn subscribe_start(s: &Session, h: &mut Handle, answer: &str, substrea
     if data["started"] != "ok" && data["videoroom"] != "event" {
         bail!("subscriber start: {data}");
     }
-    let _ = s.message(h, json!({"request": "configure", "substream": substream}), None).await;
+    // Janus 1.x picks the layer per stream, by the subscriber-side mid of the video m-line.
+    let video_mid = crate::sdp::summarize(answer).mlines.into_iter().find(|m| m.kind == "video").map(|m| m.mid);
+    if let Some(mid) = video_mid {
+        s.message(h, json!({"request": "configure", "streams": [{"mid": mid, "substream": substream}]}), None).await?;
+    }
     Ok(())
 }

@@ -322,6 +322,7 @@ impl Server {
                 w.offer(&format!("/whip/{room}"), &pending.offer, token.as_deref(), Some(identity)).await?.sdp
             }
         };
+        tracing::debug!(server = self.kind.name(), %answer, "publisher answer");
         let peer = pending.accept_answer(&answer)?;
         host.add(peer);
         Ok(PubRef { room: room.to_string(), identity: identity.to_string(), feed })
@@ -336,7 +337,7 @@ impl Server {
                 let s = self.janus.as_ref().ok_or_else(|| anyhow!("no janus session"))?;
                 let jroom = self.janus_room(&publisher.room).await?;
                 let feed = publisher.feed.ok_or_else(|| anyhow!("no feed id"))?;
-                let (offer, mut h) = janus::subscribe_offer(s, jroom, feed, layer as u8).await?;
+                let (offer, mut h) = janus::subscribe_offer(s, jroom, feed).await?;
                 let (peer, answer) = Peer::subscriber_answer(label, ip, &offer, started)?;
                 host.add(peer);
                 janus::subscribe_start(s, &mut h, &answer, layer as u8).await?;
@@ -391,6 +392,17 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         refs.push(server.publish(room, id, i as u32 + 1, &spec.profile, ip, host).await.with_context(|| format!("publishing {id}"))?);
     }
     let refs = Arc::new(refs);
+    // Subscribers join once the publishers' connections are up (Janus refuses a
+    // feed without media; for the others it keeps join time about the subscriber).
+    let deadline = Instant::now() + spec.join_deadline;
+    loop {
+        let r = host.report().await?;
+        if r.peers.iter().filter(|p| p.publisher).all(|p| p.connected) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(pairs.iter().cloned())
         .map(|(p, who)| {
             let server = server.clone();
