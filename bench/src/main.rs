@@ -77,6 +77,9 @@ struct Common {
     /// Settling time before the window, seconds.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Run roombox and the floor under callgrind and report instructions per forwarded packet.
+    #[arg(long)]
+    callgrind: bool,
 }
 
 impl Common {
@@ -88,7 +91,7 @@ impl Common {
             .or_else(|| self_exe.parent().map(|d| d.join("sfu")))
             .filter(|p| p.exists());
         std::fs::create_dir_all(&self.out)?;
-        Ok(Env { ip: self.ip, sfu_bin, self_exe, work: self.out.join("work") })
+        Ok(Env { ip: self.ip, sfu_bin, self_exe, work: self.out.join("work"), callgrind: self.callgrind })
     }
 
     fn kinds(&self, env: &Env) -> Vec<Kind> {
@@ -121,7 +124,7 @@ impl Common {
             warmup: Duration::from_secs_f64(self.warmup),
             window: Duration::from_secs_f64(self.window),
             profile: Profile::default(),
-            join_deadline: Duration::from_secs(15),
+            join_deadline: Duration::from_secs(if self.callgrind { 60 } else { 15 }),
         }
     }
 }
@@ -181,6 +184,9 @@ async fn run_one(c: Common, family: &str, n: usize, repeat: usize) -> anyhow::Re
         for k in c.kinds(&env) {
             let r = scenario::run(k, &env, &c.spec(w)).await.with_context(|| format!("{} {}", k.name(), w.label()))?;
             println!("{}", report::row(&r));
+            if let Some(i) = r.instructions_per_pkt {
+                println!("  {}: {i:.0} instructions per forwarded packet (callgrind, window only)", k.name());
+            }
             all.push(r);
         }
     }

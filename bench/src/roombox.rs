@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -38,13 +38,17 @@ impl Roombox {
 
     /// Start `bin` (the `sfu` binary) with a config written into `dir`.
     /// Waits until its HTTP port answers.
-    pub fn start(bin: &Path, dir: &Path, http: SocketAddr, udp: SocketAddr) -> anyhow::Result<Roombox> {
+    pub fn start(bin: &Path, dir: &Path, http: SocketAddr, udp: SocketAddr, callgrind: bool) -> anyhow::Result<Roombox> {
         std::fs::create_dir_all(dir)?;
-        let cfg = config_toml(http, udp);
+        let secret = dir.join("jwt.secret");
+        std::fs::write(&secret, SECRET)?;
+        let tcp = SocketAddr::new(udp.ip(), std::net::TcpListener::bind((udp.ip(), 0))?.local_addr()?.port());
+        let cfg = config_toml(http, udp, tcp, &secret);
         let path = dir.join("sfu.toml");
         std::fs::write(&path, cfg)?;
         let log = std::fs::File::create(dir.join("sfu.log"))?;
-        let child = Command::new(bin)
+        let mut cmd = crate::scenario::wrapped(bin, dir, callgrind);
+        let child = cmd
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
@@ -53,7 +57,7 @@ impl Roombox {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut rb = Roombox { child, http, udp, dir: dir.to_path_buf() };
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + Duration::from_secs(if callgrind { 60 } else { 15 });
         while std::net::TcpStream::connect_timeout(&http, Duration::from_millis(200)).is_err() {
             if let Ok(Some(st)) = rb.child.try_wait() {
                 bail!("sfu exited with {st}; see {}", dir.join("sfu.log").display());
@@ -90,25 +94,31 @@ impl Drop for Roombox {
     }
 }
 
-/// The `sfu` binary's config for a bench run: loopback only, limits raised so
-/// the bench measures forwarding, not refusals.
-pub fn config_toml(http: SocketAddr, udp: SocketAddr) -> String {
+/// The `sfu` binary's config for a bench run: loopback HTTP, media on `udp`
+/// only (ICE-TCP on the same address), limits raised so the bench measures
+/// forwarding, not refusals. The HS256 secret goes to `secret_file`.
+pub fn config_toml(http: SocketAddr, udp: SocketAddr, tcp: SocketAddr, secret_file: &Path) -> String {
     format!(
         r#"# written by roombox-bench
-http_bind = "{http}"
-token_secret = "{secret}"
+[http]
+listen = "{http}"
+
+[auth]
+hs256_secret_file = "{secret}"
 
 [sfu]
 udp_bind = "{udp}"
+tcp_bind = "{tcp}"
 candidate_ips = ["{ip}"]
 include_loopback = true
 
 [sfu.limits]
 max_rooms = 64
 max_participants_per_room = 128
-max_joins_per_second = 1000
+max_tracks_per_participant = 8
+max_joins_per_second = 10000
 "#,
-        secret = String::from_utf8_lossy(SECRET),
+        secret = secret_file.display(),
         ip = udp.ip(),
     )
 }

@@ -61,7 +61,7 @@ pub enum Workload {
     /// One publisher, `n` subscribers of its top layer.
     Fanout(usize),
     /// `n` participants, each publishing and watching every other one. Bigger
-    /// rooms watch smaller layers, as a gallery view would: f up to 4, h up to 8, q beyond.
+    /// rooms watch smaller layers, as a gallery view would: f up to 4, h up to 16, q beyond.
     Room(usize),
 }
 
@@ -95,7 +95,7 @@ impl Workload {
         match self {
             Workload::Fanout(_) => 2,
             Workload::Room(n) if *n <= 4 => 2,
-            Workload::Room(n) if *n <= 8 => 1,
+            Workload::Room(n) if *n <= 16 => 1,
             Workload::Room(_) => 0,
         }
     }
@@ -112,6 +112,46 @@ pub struct Env {
     pub self_exe: PathBuf,
     /// Scratch directory for configs and logs.
     pub work: PathBuf,
+    /// Run roombox and the floor under `valgrind --tool=callgrind` and count
+    /// instructions over the window (repeatable on a noisy machine).
+    pub callgrind: bool,
+}
+
+/// `bin`, or `valgrind --tool=callgrind … bin` writing its profile into `dir`.
+pub fn wrapped(bin: &std::path::Path, dir: &std::path::Path, callgrind: bool) -> Command {
+    if callgrind {
+        let mut c = Command::new("valgrind");
+        c.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()))
+            .arg("--dump-instr=no")
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+/// `callgrind_control ARG PID` (zero the counters, or dump them).
+fn callgrind_control(arg: &str, pid: u32) -> anyhow::Result<()> {
+    let st = Command::new("callgrind_control").arg(arg).arg(pid.to_string()).stdout(Stdio::null()).status()?;
+    if !st.success() {
+        bail!("callgrind_control {arg} {pid} failed");
+    }
+    Ok(())
+}
+
+/// Instructions in the newest callgrind dump for `pid` in `dir` (its `summary:`/`totals:` line).
+fn callgrind_instructions(dir: &std::path::Path, pid: u32) -> Option<u64> {
+    let prefix = format!("callgrind.out.{pid}");
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())?;
+    let text = std::fs::read_to_string(newest.path()).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// Timing of one run.
@@ -155,6 +195,8 @@ pub struct RunResult {
     pub client_errors: u64,
     pub unstamped: u64,
     pub sent_by_publishers: u64,
+    /// Instructions the server executed per forwarded packet (callgrind runs only).
+    pub instructions_per_pkt: Option<f64>,
 }
 
 enum Proc {
@@ -207,7 +249,7 @@ impl Server {
         let loopback: IpAddr = [127, 0, 0, 1].into();
         match kind {
             Kind::Floor => {
-                let mut child = Command::new(&env.self_exe)
+                let mut child = wrapped(&env.self_exe, &dir, env.callgrind)
                     .args(["floor", "--http", "127.0.0.1:0", "--udp"])
                     .arg(SocketAddr::new(env.ip, 0).to_string())
                     .stdout(Stdio::piped())
@@ -240,7 +282,8 @@ impl Server {
                 let bin = env.sfu_bin.clone().ok_or_else(|| anyhow!("the sfu binary is not built"))?;
                 let http = SocketAddr::new(loopback, free_port_tcp(loopback)?);
                 let udp = SocketAddr::new(env.ip, free_port_udp(env.ip)?);
-                let rb = tokio::task::spawn_blocking(move || Roombox::start(&bin, &dir, http, udp)).await??;
+                let cg = env.callgrind;
+                let rb = tokio::task::spawn_blocking(move || Roombox::start(&bin, &dir, http, udp, cg)).await??;
                 let pid = rb.pid();
                 let base = rb.base_url();
                 Ok(Server {
@@ -434,11 +477,21 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(spec.warmup).await;
+    let cg_dir = env.work.join(server.kind.name());
+    if env.callgrind && server.kind != Kind::Janus {
+        callgrind_control("-z", server.pid)?;
+    }
     host.reset();
     let a = measure::sample(server.pid)?;
     tokio::time::sleep(spec.window).await;
     let b = measure::sample(server.pid)?;
     let r = host.report().await?;
+    let instructions = if env.callgrind && server.kind != Kind::Janus {
+        callgrind_control("-d", server.pid)?;
+        callgrind_instructions(&cg_dir, server.pid)
+    } else {
+        None
+    };
     let window = b.at.duration_since(a.at).as_secs_f64();
     let (cpu_stat, cpu_sched) = measure::cpu_us(&a, &b);
     let subs: Vec<_> = r.peers.iter().filter(|p| !p.publisher).collect();
@@ -473,5 +526,6 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         client_errors: r.peers.iter().map(|p| p.errors).sum(),
         unstamped: subs.iter().map(|p| p.unstamped).sum(),
         sent_by_publishers: r.peers.iter().filter(|p| p.publisher).map(|p| p.sent).sum(),
+        instructions_per_pkt: instructions.filter(|_| forwarded > 0).map(|i| i as f64 / forwarded as f64),
     })
 }
