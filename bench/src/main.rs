@@ -131,7 +131,7 @@ impl Common {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,str0m=error".into()),
     ).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     match cli.cmd {

@@ -15,6 +15,8 @@ pub struct Sample {
     pub at: Instant,
     /// utime + stime, clock ticks.
     pub ticks: u64,
+    /// stime alone (kernel), clock ticks.
+    pub sys_ticks: u64,
     /// Sum of the threads' run time, ns (0 when schedstat is unavailable).
     pub sched_ns: u64,
     pub rss_kb: u64,
@@ -36,6 +38,12 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// `stime` of `/proc/PID/stat`.
+pub fn parse_stat_sys_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(12)?.parse().ok()
+}
+
 pub fn parse_vm_rss_kb(status: &str) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
@@ -54,6 +62,7 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     Ok(Sample {
         at: Instant::now(),
         ticks: parse_stat_ticks(&stat).context("unreadable /proc/PID/stat")?,
+        sys_ticks: parse_stat_sys_ticks(&stat).unwrap_or(0),
         sched_ns: sched_ns(pid),
         rss_kb: parse_vm_rss_kb(&status).unwrap_or(0),
     })
@@ -100,6 +109,7 @@ mod tests {
     fn stat_fields_are_found_after_a_command_name_with_spaces() {
         let s = "4242 (sfu worker) S 1 4242 4242 0 -1 4194560 500 0 0 0 1234 567 0 0 20 0 5 0 100 1000000 300 1 2 3";
         assert_eq!(parse_stat_ticks(s), Some(1234 + 567));
+        assert_eq!(parse_stat_sys_ticks(s), Some(567));
         assert_eq!(parse_stat_ticks("garbage"), None);
     }
 

@@ -10,20 +10,21 @@ use crate::scenario::{Kind, RunResult, Workload};
 
 pub fn header() -> String {
     format!(
-        "| {:<8} | {:<14} | {:>7} | {:>6} | {:>9} | {:>9} | {:>8} | {:>8} | {:>8} | {:>6} | {:>9} | {:>8} |",
-        "server", "workload", "pkt/s", "Mbps", "CPU-µs/pk", "(sched)", "p50 µs", "p99 µs", "max µs", "loss%", "join ms", "RSS MB"
-    ) + "\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "| {:<8} | {:<14} | {:>7} | {:>6} | {:>9} | {:>9} | {:>5} | {:>8} | {:>8} | {:>8} | {:>6} | {:>9} | {:>8} |",
+        "server", "workload", "pkt/s", "Mbps", "CPU-µs/pk", "(sched)", "sys%", "p50 µs", "p99 µs", "max µs", "loss%", "join ms", "RSS MB"
+    ) + "\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 }
 
 pub fn row(r: &RunResult) -> String {
     format!(
-        "| {:<8} | {:<14} | {:>7.0} | {:>6.1} | {:>9.2} | {:>9.2} | {:>8} | {:>8} | {:>8} | {:>6.2} | {:>4.0}/{:<4.0} | {:>8.1} |",
+        "| {:<8} | {:<14} | {:>7.0} | {:>6.1} | {:>9.2} | {:>9.2} | {:>5.0} | {:>8} | {:>8} | {:>8} | {:>6.2} | {:>4.0}/{:<4.0} | {:>8.1} |",
         r.server.name(),
         r.workload.label(),
         r.pps,
         r.mbps,
         r.cpu_us_per_pkt,
         r.cpu_us_per_pkt_sched,
+        r.sys_pct,
         r.lat_p50_us,
         r.lat_p99_us,
         r.lat_max_us,
@@ -93,11 +94,18 @@ pub fn ratios(med: &BTreeMap<(Kind, String, usize), RunResult>) -> String {
     s
 }
 
-/// RSS per participant: the slope of RSS over participants, per server and family.
+/// RSS per peer connection: the slope of RSS over the server's peer
+/// connections (publishers + subscriptions), per server and family. In the
+/// fanout curve a participant is one connection, so that slope is the RSS per
+/// participant; in rooms each participant holds N−1 watching connections.
 pub fn rss_slopes(results: &[RunResult]) -> BTreeMap<(Kind, String), f64> {
     let mut pts: BTreeMap<(Kind, String), Vec<(f64, f64)>> = BTreeMap::new();
     for r in results {
-        pts.entry((r.server, r.workload.family().into())).or_default().push((r.participants as f64, r.rss_kb as f64 / 1024.0));
+        let connections = match r.workload {
+            Workload::Fanout(n) => n + 1,
+            Workload::Room(n) => n * n,
+        };
+        pts.entry((r.server, r.workload.family().into())).or_default().push((connections as f64, r.rss_kb as f64 / 1024.0));
     }
     pts.into_iter().filter_map(|(k, p)| measure::linear_fit(&p).map(|(m, _)| (k, m))).collect()
 }

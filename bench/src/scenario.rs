@@ -183,6 +183,8 @@ pub struct RunResult {
     pub cpu_us_per_pkt_sched: f64,
     /// Server CPU in cores over the window.
     pub cpu_cores: f64,
+    /// Share of the server's CPU time spent in the kernel (stime ÷ utime+stime), %.
+    pub sys_pct: f64,
     pub lat_p50_us: u64,
     pub lat_p99_us: u64,
     pub lat_max_us: u64,
@@ -426,7 +428,8 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         Workload::Fanout(n) => (vec![("bench".into(), "p0".into())], (0..n).map(|i| (0, format!("s{i}"))).collect()),
         Workload::Room(n) => (
             (0..n).map(|i| ("bench".to_string(), format!("p{i}"))).collect(),
-            (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (j, format!("p{i}")))).collect(),
+            // Each watching session gets its own identity: servers keep one session per identity.
+            (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (j, format!("p{i}-sees-p{j}")))).collect(),
         ),
     };
     server.open_room("bench", pubs.len()).await?;
@@ -514,6 +517,10 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         cpu_us_per_pkt: per(cpu_stat),
         cpu_us_per_pkt_sched: per(cpu_sched),
         cpu_cores: cpu_sched.max(cpu_stat) / 1e6 / window,
+        sys_pct: {
+            let t = b.ticks.saturating_sub(a.ticks);
+            if t > 0 { b.sys_ticks.saturating_sub(a.sys_ticks) as f64 * 100.0 / t as f64 } else { f64::NAN }
+        },
         lat_p50_us: r.latency_us.value_at_quantile(0.50),
         lat_p99_us: r.latency_us.value_at_quantile(0.99),
         lat_max_us: r.latency_us.max(),
