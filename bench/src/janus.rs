@@ -184,8 +184,13 @@ impl Session {
         format!("t{}", self.tx_n.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn post(&self, path: String, mut body: Value) -> anyhow::Result<Value> {
-        body["transaction"] = json!(self.transaction());
+    async fn post(&self, path: String, body: Value) -> anyhow::Result<Value> {
+        let t = self.transaction();
+        self.post_as(path, body, &t).await
+    }
+
+    async fn post_as(&self, path: String, mut body: Value, transaction: &str) -> anyhow::Result<Value> {
+        body["transaction"] = json!(transaction);
         let r: Value = self
             .http
             .post(format!("{}{}", self.base, path))
@@ -249,7 +254,8 @@ impl Session {
         if let Some(j) = jsep {
             msg["jsep"] = j;
         }
-        let r = self.post(format!("/janus/{}/{}", self.id, h.id), msg).await?;
+        let transaction = self.transaction();
+        let r = self.post_as(format!("/janus/{}/{}", self.id, h.id), msg, &transaction).await?;
         if r["janus"] == "success" {
             return Ok((r["plugindata"]["data"].clone(), None));
         }
@@ -260,7 +266,9 @@ impl Session {
                 .await
                 .map_err(|_| anyhow!("no janus event within 20 s"))?
                 .ok_or_else(|| anyhow!("janus event pump stopped"))?;
-            if ev["janus"] == "event" {
+            // Only the reply to this request carries its transaction; notifications
+            // (another publisher joined, …) do not.
+            if ev["janus"] == "event" && ev["transaction"].as_str() == Some(transaction.as_str()) {
                 let data = ev["plugindata"]["data"].clone();
                 if data["error"].is_string() {
                     bail!("videoroom: {}", data["error"]);
