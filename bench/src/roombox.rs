@@ -114,7 +114,7 @@ include_loopback = true
 
 [sfu.limits]
 max_rooms = 64
-max_participants_per_room = 128
+max_participants_per_room = 1100
 max_tracks_per_participant = 8
 max_joins_per_second = 10000
 "#,
