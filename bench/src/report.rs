@@ -19,7 +19,8 @@ pub fn row(r: &RunResult) -> String {
     format!(
         "| {:<8} | {:<14} | {:>7.0} | {:>6.1} | {:>9.2} | {:>9.2} | {:>5.0} | {:>8} | {:>8} | {:>8} | {:>6.2} | {:>4.0}/{:<4.0} | {:>8.1} |",
         r.server.name(),
-        r.workload.label(),
+        // '*': not every subscription carried media (refused, timed out, or starved).
+        format!("{}{}", r.workload.label(), if r.subscriptions_flowing < r.subscriptions { "*" } else { "" }),
         r.pps,
         r.mbps,
         r.cpu_us_per_pkt,

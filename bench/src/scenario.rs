@@ -449,12 +449,27 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // A server that is overloaded stops being asked: after many refusals or past
+    // the join budget the rest of the subscriptions are skipped (and reported).
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let give_up_after = (pairs.len() / 10).max(8);
+    let join_budget = Instant::now() + spec.join_deadline * 6;
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(pairs.iter().cloned())
         .map(|(p, who)| {
             let server = server.clone();
             let host = host.clone();
             let refs = refs.clone();
-            async move { server.subscribe(&refs[p], &who, layer, ip, &host).await.with_context(|| format!("subscribing {who}")) }
+            let failures = failures.clone();
+            async move {
+                if failures.load(std::sync::atomic::Ordering::Relaxed) >= give_up_after || Instant::now() > join_budget {
+                    bail!("skipped {who}: the server refused or timed out too many joins");
+                }
+                let r = server.subscribe(&refs[p], &who, layer, ip, &host).await.with_context(|| format!("subscribing {who}"));
+                if r.is_err() {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
         })
         .buffer_unordered(8)
         .collect()

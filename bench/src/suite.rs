@@ -190,7 +190,13 @@ Clients and servers share the machine; each CPU figure is the server process's o
         results.push_str(&report::row(r));
         results.push('\n');
     }
-    let _ = write!(results, "\n({} runs; repeated loads show medians. Raw numbers: `target/bench/results.json`.)", all.len());
+    let _ = write!(
+        results,
+        "\n({} runs; repeated loads show medians; `*` marks a run where not every subscription carried media — the \
+server refused or timed out joins, or was too loaded to forward; `sys%` is the kernel's share of the server's CPU. \
+Raw numbers: `target/bench/results.json`.)",
+        all.len()
+    );
     let targets = targets(med, slopes, idle);
     let cap = capacity(med);
     for (name, body) in [
