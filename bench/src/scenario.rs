@@ -106,9 +106,8 @@ impl Workload {
 pub struct Env {
     /// The address clients and servers use (loopback, or a veth address in a namespace).
     pub ip: IpAddr,
-    /// The `sfu` binary (roombox), if built.
-    pub sfu_bin: Option<PathBuf>,
-    /// This binary, to start the floor as its own process.
+    /// This binary: it starts the floor (`roombox-bench floor`) and roombox
+    /// (`roombox-bench sfu`, sfu-core's own server code) as their own processes.
     pub self_exe: PathBuf,
     /// Scratch directory for configs and logs.
     pub work: PathBuf,
@@ -281,7 +280,7 @@ impl Server {
                 })
             }
             Kind::Roombox => {
-                let bin = env.sfu_bin.clone().ok_or_else(|| anyhow!("the sfu binary is not built"))?;
+                let bin = env.self_exe.clone();
                 let http = SocketAddr::new(loopback, free_port_tcp(loopback)?);
                 let udp = SocketAddr::new(env.ip, free_port_udp(env.ip)?);
                 let cg = env.callgrind;

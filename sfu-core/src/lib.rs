@@ -133,6 +133,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod signal;
+pub mod standalone;
 
 pub use auth::{Claims, Grants, TokenVerifier};
 pub use config::SfuConfig;
