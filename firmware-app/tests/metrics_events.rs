@@ -51,8 +51,8 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     assert_eq!(value(&before, gauge), 0.0);
     assert_eq!(value(&before, count), 0.0);
 
-    let rec =
-        EventRecorder { store: d.running.state.store.clone(), metrics: d.running.state.metrics.clone() };
+    // A recorder of its own, fed by hand (the daemon's sees only the real SFU).
+    let mut rec = EventRecorder::new(d.running.state.store.clone(), d.running.state.metrics.clone(), None);
     let t0 = SystemTime::now() - Duration::from_secs(1000);
     let at = |s: u64| t0 + Duration::from_secs(s);
     rec.handle(RoomEvent::RoomOpened { room: "demo".into(), at: at(0) }).await;
@@ -72,6 +72,14 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
         at: at(10),
     })
     .await;
+    rec.handle(RoomEvent::ParticipantJoined {
+        room: "demo".into(),
+        identity: "carol".into(),
+        session: 4,
+        local: false,
+        at: at(15),
+    })
+    .await;
     rec.handle(RoomEvent::RoomOpened { room: "boardroom".into(), at: at(20) }).await;
     rec.handle(RoomEvent::ParticipantJoined {
         room: "boardroom".into(),
@@ -86,6 +94,7 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     promtool_check(&during);
     assert_eq!(value(&during, gauge), 2.0);
     assert_eq!(value(&during, "roombox_active_meetings{region=\"test\",server_id=\"box-1\"}"), 2.0);
+    // People: alice, carol, bob; the room camera is not one.
     assert_eq!(value(&during, "roombox_participants"), 3.0);
 
     rec.handle(RoomEvent::ParticipantLeft {
@@ -134,7 +143,8 @@ async fn seed_metrics_move_with_joins_and_leaves_and_meetings_are_stored() {
     let board = list.iter().find(|m| m["room"] == "boardroom").unwrap();
     assert!(board["ended_at"].is_i64() && board["sessions"] == 1);
     let demo = list.iter().find(|m| m["room"] == "demo").unwrap();
-    assert!(demo["ended_at"].is_null() && demo["sessions"] == 2);
+    // The room (local), alice and carol; carol is still there.
+    assert!(demo["ended_at"].is_null() && demo["sessions"] == 3, "{demo}");
     let sessions: serde_json::Value =
         d.get(&format!("/api/v1/meetings/{}/sessions", demo["id"]), Some(t)).await.json().await.unwrap();
     let alice = sessions.as_array().unwrap().iter().find(|s| s["identity"] == "alice").unwrap();
