@@ -48,6 +48,11 @@ pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 /// Issuer of the box's own tokens.
 pub const ISSUER: &str = "roombox";
 
+/// Display credentials start with this.
+pub const DISPLAY_PREFIX: &str = "rbd_";
+/// The name a display joins with (the web client's grids do not show it as a person).
+pub const DISPLAY_NAME: &str = "Room display";
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -129,6 +134,8 @@ pub enum AuthServiceError {
     BadRefresh,
     #[error("the refresh token was already used; every token of this session is now revoked")]
     RefreshReuse,
+    #[error("the display credential is unknown or was revoked")]
+    BadDisplay,
     #[error("{0}")]
     BadRequest(String),
     #[error("signing key {0}: {1}")]
@@ -429,6 +436,81 @@ impl Auth {
         c.tv = tv;
         c.name = name;
         Ok((sign_hs256(&c, &self.key)?, c))
+    }
+
+    /// Make a display credential for the TV of `room`: a long random secret
+    /// the `/display` page keeps and exchanges ([`Auth::display_token`]) for
+    /// short subscribe-only access tokens, for as long as it is not revoked.
+    /// Only its SHA-256 is stored. Returns the row and the credential (shown once).
+    pub async fn create_display(
+        &self,
+        room: &str,
+        name: &str,
+        by: &str,
+        now: u64,
+    ) -> Result<(crate::store::DisplayRow, String), AuthServiceError> {
+        let mut raw = [0u8; 32];
+        random_bytes(&mut raw)?;
+        let credential = format!("{DISPLAY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+        let hash = sha256(credential.as_bytes());
+        let (room, name, by) = (room.to_owned(), name.to_owned(), by.to_owned());
+        let row = self
+            .store
+            .call(move |c| {
+                crate::store::atomic(c, |c| {
+                    let row = q::create_display(c, &room, &name, &hash, &by, now as i64)?;
+                    q::audit(
+                        c,
+                        now as i64,
+                        &by,
+                        "display_created",
+                        Some(&format!("{room}/display-{}", row.id)),
+                        Some(&name),
+                        None,
+                    )?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok((row, credential))
+    }
+
+    /// Exchange a display credential for an access token: identity
+    /// `display-{id}`, name [`DISPLAY_NAME`], subscribe only, `auth.access_ttl`.
+    pub async fn display_token(
+        &self,
+        credential: &str,
+        now: u64,
+    ) -> Result<(String, Claims, crate::store::DisplayRow), AuthServiceError> {
+        if !credential.starts_with(DISPLAY_PREFIX) || credential.len() > 100 {
+            return Err(AuthServiceError::BadDisplay);
+        }
+        let hash = sha256(credential.as_bytes());
+        let row = self
+            .store
+            .call(move |c| {
+                let row = q::find_display(c, &hash)?;
+                if let Some(r) = &row
+                    && r.revoked_at.is_none()
+                {
+                    q::touch_display(c, r.id, now as i64)?;
+                }
+                Ok(row)
+            })
+            .await?
+            .filter(|r| r.revoked_at.is_none())
+            .ok_or(AuthServiceError::BadDisplay)?;
+        let grants = Grants { subscribe: true, ..Grants::default() };
+        let (token, claims) = self.issue_access(
+            &format!("display-{}", row.id),
+            &row.room,
+            grants,
+            self.cfg.access_ttl,
+            None,
+            Some(DISPLAY_NAME.into()),
+            now,
+        )?;
+        Ok((token, claims, row))
     }
 
     /// First boot: create `admin` with a random password written to the data dir.
