@@ -53,6 +53,15 @@ pub const DISPLAY_PREFIX: &str = "rbd_";
 /// The name a display joins with (the web client's grids do not show it as a person).
 pub const DISPLAY_NAME: &str = "Room display";
 
+/// The identity a display joins as.
+pub fn display_identity(id: i64) -> String {
+    format!("display-{id}")
+}
+
+/// The token version every display token carries (see [`TokenVersions`]): revoking
+/// a display removes its identity from the map, which refuses its tokens at once.
+const DISPLAY_TV: u64 = 1;
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -160,6 +169,12 @@ impl TokenVersions {
     }
     pub fn get(&self, user: &str) -> Option<u64> {
         self.map.read().ok().and_then(|m| m.get(user).copied())
+    }
+    /// Forget a holder: every token it carries with a `tv` is refused from now on.
+    pub fn remove(&self, user: &str) {
+        if let Ok(mut m) = self.map.write() {
+            m.remove(user);
+        }
     }
 }
 
@@ -337,6 +352,12 @@ impl Auth {
         for (user, v) in store.call(|c| q::token_versions(c)).await? {
             versions.set(&user, v);
         }
+        // Display tokens carry `tv` 1 and are valid while their display is not revoked.
+        for d in store.call(|c| q::list_displays(c)).await? {
+            if d.revoked_at.is_none() {
+                versions.set(&display_identity(d.id), DISPLAY_TV);
+            }
+        }
         let local = TokenVerifier::hs256(&key)?.with_revocation(versions.clone());
         let dummy_hash = tokio::task::spawn_blocking(|| hash_password("not-a-real-password-at-all"))
             .await
@@ -464,7 +485,7 @@ impl Auth {
                         now as i64,
                         &by,
                         "display_created",
-                        Some(&format!("{room}/display-{}", row.id)),
+                        Some(&format!("{room}/{}", display_identity(row.id))),
                         Some(&name),
                         None,
                     )?;
@@ -472,7 +493,32 @@ impl Auth {
                 })
             })
             .await?;
+        self.versions.set(&display_identity(row.id), DISPLAY_TV);
         Ok((row, credential))
+    }
+
+    /// Revoke a display: no new tokens for its credential, and the tokens it
+    /// holds are refused from now on (the SFU and the API check token versions).
+    pub async fn revoke_display(
+        &self,
+        id: i64,
+        actor: &str,
+        now: u64,
+    ) -> Result<crate::store::DisplayRow, AuthServiceError> {
+        let actor = actor.to_owned();
+        let row = self
+            .store
+            .call(move |c| {
+                atomic(c, |c| {
+                    let row = q::revoke_display(c, id, now as i64)?;
+                    let target = format!("{}/{}", row.room, display_identity(id));
+                    q::audit(c, now as i64, &actor, "display_revoked", Some(&target), None, None)?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        self.versions.remove(&display_identity(id));
+        Ok(row)
     }
 
     /// Exchange a display credential for an access token: identity
@@ -502,11 +548,11 @@ impl Auth {
             .ok_or(AuthServiceError::BadDisplay)?;
         let grants = Grants { subscribe: true, ..Grants::default() };
         let (token, claims) = self.issue_access(
-            &format!("display-{}", row.id),
+            &display_identity(row.id),
             &row.room,
             grants,
             self.cfg.access_ttl,
-            None,
+            Some(DISPLAY_TV),
             Some(DISPLAY_NAME.into()),
             now,
         )?;

@@ -411,6 +411,11 @@ impl Device {
         lock(&self.media).as_ref().map(|m| m.status())
     }
 
+    /// The running pipeline's capture clock (tests turn a burnt-in timecode into a time).
+    pub fn media_clock(&self) -> Option<crate::media::MediaClock> {
+        lock(&self.media).as_ref().map(|m| m.clock())
+    }
+
     /// The panel, for the API; `None` without one.
     pub fn gpio(&self) -> Option<GpioState> {
         let panel = lock(&self.panel);

@@ -334,6 +334,7 @@ async fn a_tv_keeps_its_display_credential_until_it_is_revoked() {
     let verify = roombox::auth::Auth::new(&d.data_dir(), Default::default(), d.running.state.store.clone())
         .await
         .unwrap();
+    let mut held = String::new();
     for _ in 0..2 {
         let r = d.post_json("/api/v1/displays/token", None, json!({"credential": cred})).await;
         assert_eq!(r.status(), 200);
@@ -346,7 +347,10 @@ async fn a_tv_keeps_its_display_credential_until_it_is_revoked() {
         let c = verify.verify(tok["token"].as_str().unwrap(), roombox::auth::unix_now()).unwrap();
         assert!(c.grants.subscribe && !c.grants.publish && !c.grants.admin);
         assert_eq!(c.name.as_deref(), Some("Room display"));
+        held = tok["token"].as_str().unwrap().to_owned();
     }
+    // The token works in its room (the same verifier the SFU uses).
+    assert_eq!(d.get("/api/v1/rooms/demo", Some(&held)).await.status(), 200);
     let list: Value = d.get("/api/v1/displays", Some(t)).await.json().await.unwrap();
     let row = &list.as_array().unwrap()[0];
     assert!(row["last_used_at"].is_i64() && row["revoked_at"].is_null(), "{list}");
@@ -379,6 +383,9 @@ async fn a_tv_keeps_its_display_credential_until_it_is_revoked() {
     assert_eq!(r.status(), 204);
     let r = d.post_json("/api/v1/displays/token", None, json!({"credential": cred})).await;
     assert_eq!(r.status(), 401);
+    // The token it still held is refused at once, not in 15 minutes.
+    let r = d.get("/api/v1/rooms/demo", Some(&held)).await;
+    assert_eq!((r.status().as_u16(), common::error_code(r).await.as_str()), (401, "token_revoked"));
     let r = d.client.delete(d.url("/api/v1/displays/999")).bearer_auth(t).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let audit: Value = d.get("/api/v1/audit", Some(t)).await.json().await.unwrap();

@@ -880,8 +880,8 @@ async fn display_token(
     }))
 }
 
-/// Revoke a display credential: no new tokens for it, and the TV is removed
-/// from its room now. Admins only.
+/// Revoke a display credential: no new tokens for it, the tokens it holds are
+/// refused, and the TV is removed from its room now. Admins only.
 #[utoipa::path(delete, path = "/api/v1/displays/{id}", tag = "displays", params(("id" = i64, Path)),
     responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody)))]
 async fn revoke_display(
@@ -890,29 +890,10 @@ async fn revoke_display(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     need_box_admin(&c)?;
-    let now = unix_now() as i64;
-    let actor = c.sub.clone();
-    let row = s
-        .store
-        .call(move |db| {
-            atomic(db, |db| {
-                let row = q::revoke_display(db, id, now)?;
-                q::audit(
-                    db,
-                    now,
-                    &actor,
-                    "display_revoked",
-                    Some(&format!("{}/display-{id}", row.room)),
-                    None,
-                    None,
-                )?;
-                Ok(row)
-            })
-        })
-        .await?;
+    let row = s.auth.revoke_display(id, &c.sub, unix_now()).await?;
     if let Some(sfu) = &s.sfu {
-        // Its current token may live a few more minutes: remove it from the room now.
-        let _ = sfu.kick(&row.room, &format!("display-{id}"), "this display was revoked").await;
+        // Its tokens are refused from now on; remove it from the room now too.
+        let _ = sfu.kick(&row.room, &crate::auth::display_identity(id), "this display was revoked").await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -143,7 +143,7 @@ function liveRoom(room, people) {
       const tracks = p.tracks || [];
       const audio = tracks.filter((t) => t.kind === 'audio');
       const video = tracks.filter((t) => t.kind === 'video' && t.source !== 'screen');
-      const label = (t) => t.source || t.kind;
+      const label = (t) => (t.source || t.kind).replace(/_/g, ' ');
       const audioMuted = audio.length > 0 && audio.every((t) => t.muted);
       const videoMuted = video.length > 0 && video.every((t) => t.muted);
       const who = p.name || p.identity;
