@@ -167,6 +167,11 @@ async fn the_button_mutes_the_room_and_the_leds_follow_whoever_changed_it() {
     })
     .await;
 
+    // The room participant cannot be kicked out of its own box.
+    let r = d.post_json("/api/v1/rooms/demo/participants/room/kick", Some(&t), json!({})).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(sfu_tracks(&d).await.len(), 2, "still in the room");
+
     // A long press: privacy (microphone and camera off, at the source and in the SFU).
     let r = d.post_json("/api/v1/device/gpio/buttons/mute", Some(&t), json!({"action": "press"})).await;
     assert_eq!(r.status(), 200);

@@ -548,10 +548,12 @@ async fn list_participants(
     ))
 }
 
-/// Remove a participant from a room. Room admins only.
+/// Remove a participant from a room. Room admins only. The box's own room
+/// participant cannot be removed (409): mute it instead.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/kick", tag = "participants",
     params(("room" = String, Path), ("identity" = String, Path)),
-    responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody),
+        (status = 409, description = "The box's own camera and microphone", body = ErrorBody)))]
 async fn kick(
     State(s): State<SharedState>,
     Bearer(c): Bearer,
@@ -560,6 +562,13 @@ async fn kick(
     room_name(&room)?;
     identity_name(&identity)?;
     need_room_admin(&c, &room)?;
+    if room == s.device.room() && identity == s.device.identity() && s.device.media_running() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "room_participant",
+            "the box's own camera and microphone cannot be removed; mute them or turn the camera off (PATCH /api/v1/device)",
+        ));
+    }
     let sfu = s.sfu.as_ref().ok_or_else(ApiError::sfu_unavailable)?;
     sfu.kick(&room, &identity, &format!("removed by {}", c.sub)).await?;
     audit(&s, &c.sub, "kick", &format!("{room}/{identity}"), None).await;
@@ -574,6 +583,8 @@ pub struct MuteRequest {
 }
 
 /// Mute (or unmute) a participant's audio or video in the SFU. Room admins only.
+/// For the box's own room participant this is the device switch (audio stopped
+/// at the source, the camera's privacy slate), as `PATCH /api/v1/device`.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/mute", tag = "participants",
     params(("room" = String, Path), ("identity" = String, Path)), request_body = MuteRequest,
     responses((status = 204, description = "Done"), (status = 404, body = ErrorBody)))]
