@@ -37,13 +37,25 @@
 //! a keyframe of the target layer), the down-track *does*
 //! ([`media::rewrite`]: one outgoing SSRC per subscriber and track whose
 //! sequence numbers and timestamps stay continuous across layer switches,
-//! publisher restarts and — for the active-speaker WHEP — speaker changes).
+//! publisher restarts and — for the active-speaker WHEP — speaker changes;
+//! [`media::vp8`] does the same for VP8's PictureID/TL0PICIDX/KEYIDX, patched
+//! by str0m while it serializes, so no payload is copied).
 //! Payload types are mapped per subscriber (H.264 by packetization mode and
 //! profile). Keyframes are detected in VP8, VP9, H.264 (STAP-A, FU-A) and AV1
 //! payloads ([`media::keyframe`]); keyframe requests (PLI) to publishers are
 //! throttled; NACK/RTX is str0m's. The active speaker comes from RFC 6464
 //! audio levels, smoothed, with hysteresis ([`media::speaker`]). The hot path
-//! does not allocate per forwarded packet: payloads are shared `Arc<[u8]>`.
+//! does not allocate per forwarded packet (payloads are shared `Arc<[u8]>`)
+//! and hashes no strings: it looks up tracks and participants by numeric id,
+//! and what is per room (speaker levels, counters) accumulates on the track
+//! until the engine's 200 ms tick.
+//!
+//! Once a second per peer, str0m's statistics become the per-room metrics
+//! (NACKs from subscribers, packets lost from publishers, RTT) and, for room
+//! protocol clients, a rate-limited `connection_quality` ([`engine::stats`]).
+//! A room-protocol client's server-side m-lines are reused: one that stopped
+//! carrying a track goes inactive and a later subscription of the same kind
+//! turns it back on, so a long meeting's SDP stays bounded.
 //!
 //! ## The edge ([`Sfu`], [`edge`], [`signal`])
 //!

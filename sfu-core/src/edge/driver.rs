@@ -159,7 +159,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
         };
         // 2. send what was produced, batched
         if !out_udp.is_empty() {
-            let items: Vec<(SocketAddr, &[u8])> = out_udp.iter().map(|(a, d)| (*a, &d[..])).collect();
+            let items = &out_udp[..];
             let mut off = 0;
             while off < items.len() {
                 match send_batch(fd, &items[off..]) {
@@ -176,7 +176,6 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                     }
                 }
             }
-            drop(items);
             out_udp.clear();
         }
         if let Some(r) = shutdown_reply.take() {

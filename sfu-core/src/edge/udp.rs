@@ -181,8 +181,9 @@ pub fn recv_batch(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
 }
 
 /// Send datagrams with as few `sendmmsg` calls as possible. Returns how many
-/// were handed to the kernel (stops early on `WouldBlock`).
-pub fn send_batch(fd: RawFd, items: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+/// were handed to the kernel (stops early on `WouldBlock`). Takes the
+/// buffers as they are (`&[u8]`, `Vec<u8>`, …): no per-batch list to build.
+pub fn send_batch<B: AsRef<[u8]>>(fd: RawFd, items: &[(SocketAddr, B)]) -> io::Result<usize> {
     let mut sent = 0;
     for chunk in items.chunks(BATCH) {
         // SAFETY: every pointer refers to `items` or to locals that outlive the call.
@@ -191,6 +192,7 @@ pub fn send_batch(fd: RawFd, items: &[(SocketAddr, &[u8])]) -> io::Result<usize>
             let mut iovs: [libc::iovec; BATCH] = zeroed();
             let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
             for (i, (addr, data)) in chunk.iter().enumerate() {
+                let data = data.as_ref();
                 let len = from_socket_addr(addr, &mut names[i]);
                 iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
                 let h = &mut msgs[i].msg_hdr;

@@ -362,7 +362,7 @@ impl Engine {
             d.want_width = width;
             return;
         }
-        if s.neg.wanted.contains(&tk) || s.neg.pending.as_ref().is_some_and(|p| p.added.contains(&tk)) {
+        if s.neg.has_pending(tk) {
             return;
         }
         if s.is_local() {
@@ -374,19 +374,17 @@ impl Engine {
             self.allocate_one(now, sid);
             self.request_keyframes_for_track(now, tk);
         } else if s.is_room_client() {
-            s.neg.wanted.push(tk);
+            s.neg.wanted.push((tk, width));
             self.maybe_offer(now, sid);
         }
     }
 
     pub(super) fn unsubscribe(&mut self, now: Instant, sid: ParticipantId, tk: TrackKey) {
         let Some(s) = self.participants.get_mut(&sid) else { return };
-        s.neg.wanted.retain(|x| *x != tk);
+        s.neg.wanted.retain(|x| x.0 != tk);
         if let Some(i) = s.downtracks.iter().position(|d| d.source == Some(tk)) {
             let d = s.downtracks.remove(i);
-            if let Some(mid) = d.mid {
-                s.neg.removals.push(mid);
-            }
+            s.neg.park(d);
             if let Some(t) = self.tracks.get_mut(&tk) {
                 t.subscribers.retain(|x| *x != sid);
             }
@@ -714,6 +712,7 @@ pub(super) fn new_downtrack(
         source: if bind == Bind::Track { Some(tk) } else { None },
         mid,
         ready,
+        negotiated: false,
         pt: None,
         rewriter: Rewriter::new(clock, (h as u16) & 0x7fff, (h >> 16) as u32),
         vp8: Vp8Munger::default(),

@@ -164,6 +164,9 @@ struct DownTrack {
     mid: Option<Mid>,
     /// Negotiated (room protocol: after the answer).
     ready: bool,
+    /// The m-line is known to both sides (an answer covered it): it can be
+    /// set inactive and later reused for another subscription.
+    negotiated: bool,
     /// Payload type on the subscriber's side, resolved against the source's codec.
     pt: Option<str0m::media::Pt>,
     rewriter: Rewriter,
@@ -218,16 +221,43 @@ struct Track {
 struct Negotiation {
     server_seq: u64,
     pending: Option<PendingOffer>,
-    /// Tracks to add in the next server offer.
-    wanted: Vec<TrackKey>,
+    /// Tracks to add in the next server offer (with the tile width asked for).
+    wanted: Vec<(TrackKey, Option<u32>)>,
     /// m-lines to deactivate in the next server offer.
     removals: Vec<Mid>,
+    /// Down-tracks whose m-line carries nothing (inactive, or about to be):
+    /// a new subscription of the same kind reuses one instead of adding an
+    /// m-line, so a long meeting with join/leave churn keeps a bounded SDP.
+    /// Each keeps its rewriter, so the m-line's SSRC continues its numbering.
+    parked: Vec<DownTrack>,
+}
+
+impl Negotiation {
+    /// A room-protocol down-track stops carrying a subscription: its m-line
+    /// goes inactive in the next offer (once negotiated) and waits for reuse.
+    fn park(&mut self, mut d: DownTrack) {
+        let Some(mid) = d.mid else { return };
+        d.source = None;
+        d.ready = false;
+        d.pt = None;
+        d.rewriter.detach();
+        if d.negotiated && !self.removals.contains(&mid) {
+            self.removals.push(mid);
+        }
+        self.parked.push(d);
+    }
+
+    /// Is `tk` being subscribed already (waiting, or in the outstanding offer)?
+    fn has_pending(&self, tk: TrackKey) -> bool {
+        self.wanted.iter().any(|w| w.0 == tk) || self.pending.as_ref().is_some_and(|p| p.added.iter().any(|a| a.0 == tk))
+    }
 }
 
 struct PendingOffer {
     seq: u64,
     pending: SdpPendingOffer,
-    added: Vec<TrackKey>,
+    /// Subscriptions this offer carries, with their m-lines (new or reused).
+    added: Vec<(TrackKey, Mid)>,
 }
 
 enum Kind {
@@ -329,6 +359,10 @@ pub struct Engine {
     counters: Counters,
     metrics: Option<Metrics>,
     speaker_params: SpeakerParams,
+    /// One DTLS certificate for every peer (its fingerprint goes in each
+    /// answer); generated at the first remote join instead of a key pair and
+    /// a signature per join, which a join flood on a small ARM board would feel.
+    dtls_cert: Option<str0m::config::DtlsCert>,
 }
 
 impl Engine {
@@ -359,6 +393,7 @@ impl Engine {
             counters: Counters::default(),
             metrics: None,
             speaker_params: SpeakerParams::default(),
+            dtls_cert: None,
         }
     }
 
@@ -544,7 +579,11 @@ impl Engine {
     fn rtc_config(&self, room: &str) -> RtcConfig {
         let codecs = self.config.room_codecs(room);
         let has = |c| codecs.contains(&c);
-        RtcConfig::new()
+        let config = match &self.dtls_cert {
+            Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
+            None => RtcConfig::new(),
+        };
+        config
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
@@ -593,6 +632,9 @@ impl Engine {
         }
         self.admit(now, &join.room)?;
 
+        if self.dtls_cert.is_none() {
+            self.dtls_cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
+        }
         let mut rtc = self.rtc_config(&join.room).build(now);
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
@@ -1247,9 +1289,7 @@ impl Engine {
                 Bind::Track => {
                     let d = s.downtracks.remove(i);
                     if s.is_room_client() {
-                        if let Some(mid) = d.mid {
-                            s.neg.removals.push(mid);
-                        }
+                        s.neg.park(d);
                         self.out.push_back(Output::Signal(*sid, ServerMessage::Unsubscribed { track: t.id.to_string() }));
                     }
                 }

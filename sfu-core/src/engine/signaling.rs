@@ -143,19 +143,9 @@ impl Engine {
         // Perfect negotiation, server polite: a crossing offer rolls ours back.
         if let Some(pending) = p.neg.pending.take() {
             tracing::debug!(participant = id, seq = pending.seq, "glare: rolling back the server offer");
-            for tk in &pending.added {
-                if let Some(i) = p.downtracks.iter().position(|d| d.source == Some(*tk) && !d.ready) {
-                    p.downtracks.remove(i);
-                }
-                if let Some(t) = self.tracks.get_mut(tk) {
-                    t.subscribers.retain(|x| *x != id);
-                }
-            }
-            let mut again = pending.added;
-            again.append(&mut p.neg.wanted);
-            p.neg.wanted = again;
+            self.void_offer(id, &pending.added);
         }
-        let Some(rtc) = p.rtc.as_mut() else { return };
+        let Some(rtc) = self.participants.get_mut(&id).and_then(|p| p.rtc.as_mut()) else { return };
         match rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => {
                 self.out.push_back(Output::Signal(id, ServerMessage::Answer { sdp: answer.to_sdp_string(), seq }));
@@ -186,31 +176,52 @@ impl Engine {
         if let Err(e) = rtc.sdp_api().accept_answer(pending.pending, answer) {
             self.drain(id);
             // the offer is void: retry its subscriptions in a fresh one
-            if let Some(p) = self.participants.get_mut(&id) {
-                for tk in &pending.added {
-                    p.downtracks.retain(|d| !(d.source == Some(*tk) && !d.ready));
-                }
-                p.neg.wanted.extend(pending.added.iter().copied());
-            }
-            for tk in &pending.added {
-                if let Some(t) = self.tracks.get_mut(tk) {
-                    t.subscribers.retain(|x| *x != id);
-                }
-            }
+            self.void_offer(id, &pending.added);
             self.error(id, ErrorCode::BadSdp, &e.to_string());
             return;
         }
-        for d in p.downtracks.iter_mut() {
-            if d.source.is_some_and(|tk| pending.added.contains(&tk)) {
+        for (_, mid) in &pending.added {
+            if let Some(d) = p.downtracks.iter_mut().find(|d| d.mid == Some(*mid)) {
                 d.ready = true;
+                d.negotiated = true;
+            } else if let Some(d) = p.neg.parked.iter_mut().find(|d| d.mid == Some(*mid)) {
+                // unsubscribed while the offer was out: now it exists, set it inactive
+                d.negotiated = true;
+                if !p.neg.removals.contains(mid) {
+                    p.neg.removals.push(*mid);
+                }
             }
         }
         self.drain(id);
-        for tk in pending.added {
+        for (tk, _) in pending.added {
             self.allocate_one(now, id);
             self.request_keyframes_for_track(now, tk);
         }
         self.maybe_offer(now, id);
+    }
+
+    /// The outstanding server offer is void (rolled back on glare, or its
+    /// answer failed): its new m-lines never existed, reused ones go back to
+    /// the parking (their direction was changed locally: set inactive again),
+    /// and its subscriptions are wanted again.
+    fn void_offer(&mut self, id: ParticipantId, added: &[(TrackKey, Mid)]) {
+        let Some(p) = self.participants.get_mut(&id) else { return };
+        let mut again: Vec<(TrackKey, Option<u32>)> = Vec::new();
+        for (tk, mid) in added {
+            if let Some(i) = p.downtracks.iter().position(|d| d.mid == Some(*mid) && !d.ready) {
+                let d = p.downtracks.remove(i);
+                again.push((*tk, d.want_width));
+                if d.negotiated {
+                    p.neg.park(d);
+                }
+            }
+            p.neg.parked.retain(|d| !(d.mid == Some(*mid) && !d.negotiated));
+            if let Some(t) = self.tracks.get_mut(tk) {
+                t.subscribers.retain(|x| *x != id);
+            }
+        }
+        again.append(&mut p.neg.wanted);
+        p.neg.wanted = again;
     }
 
     /// Send a server offer if subscriptions changed and none is outstanding.
@@ -223,34 +234,66 @@ impl Engine {
         let removals = std::mem::take(&mut p.neg.removals);
         let Some(rtc) = p.rtc.as_mut() else { return };
         let mut api = rtc.sdp_api();
-        let mut added = Vec::new();
-        let mut subscribed = Vec::new();
-        for tk in wanted {
-            let Some(t) = self.tracks.get(&tk) else { continue };
-            let kind = if t.kind == TrackKind::Audio { MediaKind::Audio } else { MediaKind::Video };
-            let mid = api.add_media(
-                kind,
-                Direction::SendOnly,
-                Some(t.owner_identity.to_string()),
-                Some(t.id.to_string()),
-                None,
-            );
-            added.push((tk, mid, t.kind, t.clock_rate));
-            subscribed.push(ServerMessage::Subscribed { track: t.id.to_string(), mid: mid.to_string() });
+        for mid in &removals {
+            api.set_direction(*mid, Direction::Inactive);
         }
-        for mid in removals {
-            api.set_direction(mid, Direction::Inactive);
+        let mut added: Vec<(TrackKey, Mid)> = Vec::new();
+        let mut new_downtracks = Vec::new();
+        let mut subscribed = Vec::new();
+        for (tk, width) in wanted {
+            let Some(t) = self.tracks.get(&tk) else { continue };
+            // an inactive m-line of the same kind is reused before a new one is added
+            let reuse = p.neg.parked.iter().position(|d| d.negotiated && d.kind == t.kind && d.mid.is_some());
+            let d = match reuse {
+                Some(i) => {
+                    let mut d = p.neg.parked.swap_remove(i);
+                    let mid = d.mid.expect("checked");
+                    // inactive, then sendonly: a direction change even when the
+                    // session never saw the inactive one (a rolled-back offer)
+                    api.set_direction(mid, Direction::Inactive);
+                    api.set_direction(mid, Direction::SendOnly);
+                    d.source = Some(tk);
+                    d.bind = Bind::Track;
+                    d.follow = None;
+                    d.ready = false;
+                    d.pt = None;
+                    d.selector = LayerSelector::default();
+                    d.rewriter.detach();
+                    d.rewriter.set_clock_rate(t.clock_rate);
+                    d.want_width = width;
+                    d.last_layer_sent = None;
+                    d.alloc_bps = 0;
+                    d
+                }
+                None => {
+                    let kind = if t.kind == TrackKind::Audio { MediaKind::Audio } else { MediaKind::Video };
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(t.owner_identity.to_string()),
+                        Some(t.id.to_string()),
+                        None,
+                    );
+                    new_downtrack(id, tk, t.kind, t.clock_rate, Bind::Track, None, Some(mid), false, width)
+                }
+            };
+            let mid = d.mid.expect("room-protocol down-tracks have an m-line");
+            added.push((tk, mid));
+            subscribed.push(ServerMessage::Subscribed { track: t.id.to_string(), mid: mid.to_string() });
+            new_downtracks.push(d);
         }
         let Some((offer, pending)) = api.apply() else {
+            // nothing to negotiate after all (e.g. every wanted track is gone)
+            for d in new_downtracks.into_iter().filter(|d| d.negotiated) {
+                p.neg.park(d);
+            }
             return;
         };
         p.neg.server_seq += 1;
         let seq = p.neg.server_seq;
-        for (tk, mid, kind, clock) in &added {
-            p.downtracks.push(new_downtrack(id, *tk, *kind, *clock, Bind::Track, None, Some(*mid), false, None));
-        }
-        p.neg.pending = Some(PendingOffer { seq, pending, added: added.iter().map(|a| a.0).collect() });
-        for (tk, ..) in &added {
+        p.downtracks.extend(new_downtracks);
+        p.neg.pending = Some(PendingOffer { seq, pending, added: added.clone() });
+        for (tk, _) in &added {
             if let Some(t) = self.tracks.get_mut(tk) {
                 if !t.subscribers.contains(&id) {
                     t.subscribers.push(id);

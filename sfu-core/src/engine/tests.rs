@@ -1085,3 +1085,289 @@ fn connection_quality_follows_loss_and_loss_is_counted() {
     let secs = sim.now.saturating_duration_since(t0).as_secs_f64();
     assert!((all.len() as f64) <= secs / 2.0 + 2.0, "rate-limited: {} messages in {secs:.1} s", all.len());
 }
+
+fn m_lines(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
+}
+
+/// Join/leave churn in a long meeting: a room-protocol client subscribed to
+/// each newcomer keeps a bounded SDP, because the server reuses the inactive
+/// m-lines of those who left; media flows on a reused m-line with the same
+/// SSRC and one continuous sequence.
+#[test]
+fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 1000;
+    let mut sim = Sim::new(config);
+    let c = sim.add_client();
+    ws_join(&mut sim, c, "carl");
+    let mut last_offer = String::new();
+    let mut offers = 0;
+    // answer like a browser, including the offers that answers trigger
+    let mut answer = |sim: &mut Sim, last_offer: &mut String| {
+        while sim.clients[c].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })) {
+            for m in &sim.clients[c].signals {
+                if let ServerMessage::Offer { sdp, .. } = m {
+                    *last_offer = sdp.clone();
+                    offers += 1;
+                }
+            }
+            answer_server_offers(sim, c);
+        }
+    };
+    let rounds = 12u8;
+    for i in 0..rounds {
+        let pid = sim.engine.join_local(sim.now, LocalJoin { identity: format!("p{i}"), ..camera(&[]) }).unwrap();
+        sim.drain_engine();
+        if i == 5 {
+            // glare on a reuse: carl ignores the server's offer and offers its microphone;
+            // the server rolls back (the reused m-lines go back to the parking), answers, re-offers
+            assert!(sim.clients[c].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })));
+            sim.clients[c].signals.retain(|m| !matches!(m, ServerMessage::Offer { .. }));
+            let mut api = sim.clients[c].rtc.sdp_api();
+            api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            let id = sim.clients[c].id.unwrap();
+            sim.engine.client_message(sim.now, id, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 7 });
+            sim.drain_engine();
+            take_answer(&mut sim, c, pending);
+        }
+        answer(&mut sim, &mut last_offer);
+        if i == 0 {
+            assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(c)));
+        }
+        sim.run(Duration::from_millis(50));
+        for f in 0..20u32 {
+            let key = f == 0;
+            sim.engine.local_packet(sim.now, pid, local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i, f), sim.now));
+            let mut a = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from(vec![0xfc, i, 0]), sim.now);
+            a.audio_level = Some(40);
+            sim.engine.local_packet(sim.now, pid, a);
+            sim.drain_engine();
+            sim.run(Duration::from_millis(20));
+        }
+        sim.run(Duration::from_millis(100));
+        let video_of_round = sim.rtp_received(c).iter().filter(|p| p.payload.len() == 6 && p.payload[1] == i).count();
+        assert!(video_of_round >= 19, "round {i}: {video_of_round} video packets");
+        sim.engine.leave(sim.now, pid, LeaveReason::Left);
+        sim.drain_engine();
+        answer(&mut sim, &mut last_offer);
+        sim.run(Duration::from_millis(50));
+    }
+    assert!(offers >= 2 * rounds as usize, "{offers} offers");
+    // one video and one audio m-line reused by every publisher, plus carl's own microphone
+    assert!(m_lines(&last_offer) <= 3, "bounded SDP after {rounds} publishers came and went: {} m-lines", m_lines(&last_offer));
+    // one video SSRC for all rounds, one continuous sequence through the reuses
+    let video: Vec<_> = sim.rtp_received(c).into_iter().filter(|p| p.payload.len() == 6).collect();
+    let ssrcs: std::collections::BTreeSet<_> = video.iter().map(|p| p.header.ssrc).collect();
+    assert_eq!(ssrcs.len(), 1, "the reused m-line keeps its SSRC");
+    let mut seqs: Vec<u64> = video.iter().map(|p| *p.seq_no).collect();
+    seqs.sort();
+    assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "one continuous sequence across reuses");
+    let rounds_seen: std::collections::BTreeSet<u8> = video.iter().map(|p| p.payload[1]).collect();
+    assert_eq!(rounds_seen.len(), rounds as usize);
+}
+
+/// The input path of `fuzz/fuzz_targets/sdp_offer.rs` (codec scan, str0m's
+/// parser, `accept_offer` in a WHIP join, the same text as a PATCH fragment)
+/// on hostile offers: each is a join or a clear 4xx, and the engine goes on.
+#[test]
+fn hostile_offers_and_patch_fragments_are_refused_cleanly() {
+    let mut config = SfuConfig::default();
+    config.limits.max_joins_per_second = 10_000;
+    config.limits.max_participants_per_room = 10_000;
+    let mut sim = Sim::new(config);
+    let ci = sim.add_client();
+    let mut sc = Simulcast::new();
+    for r in ["q", "h", "f"] {
+        sc.add_send_layer(SimulcastLayer::new(r));
+    }
+    let mut api = sim.clients[ci].rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sc));
+    api.add_channel("chat".into());
+    let (offer, _p) = api.apply().unwrap();
+    let good = offer.to_sdp_string();
+    let mut nasty: Vec<String> = vec![
+        String::new(),
+        "\0".into(),
+        "v=0\r\n".repeat(5000),
+        good.replace("a=fingerprint:", "a=fingerprint:md5 "),
+        good.replace("a=ice-ufrag:", "a=ice-ufrag-gone:"),
+        good.replace("m=video 9", "m=video 0"),
+        good.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=audio 9 UDP/TLS/RTP/SAVPF"),
+        good.replace("opus/48000/2", "opus/0/0"),
+        good.replace("a=rtpmap:", "a=rtpmap:999999999999 "),
+        good.replace("a=simulcast:send q;h;f", &format!("a=simulcast:send {}", (0..300).map(|i| format!("r{i}")).collect::<Vec<_>>().join(";"))),
+        good.replace("a=ssrc:", "a=ssrc:4294967296 "),
+        format!("{good}{}", "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=mid:x\r\n".repeat(200)),
+    ];
+    // every prefix cut at a line boundary
+    let mut cut = String::new();
+    for line in good.split_inclusive("\r\n") {
+        cut.push_str(line);
+        nasty.push(cut.clone());
+    }
+    let mut joined = 0;
+    for (i, sdp) in nasty.iter().enumerate() {
+        let _ = wire::check_codecs(&wire::scan_sdp(sdp), &SfuConfig::default().media.codecs);
+        let r = sim.engine.join(
+            sim.now,
+            RemoteJoin { room: "r".into(), identity: format!("n{i}"), name: None, grants: grants(true, true), role: PeerRole::Whip, offer: Some(sdp.clone()), resource: Some(format!("res{i}")) },
+        );
+        match r {
+            Ok(j) => {
+                joined += 1;
+                // the same text as a PATCH fragment: refused or applied, never fatal
+                if let Err(e) = sim.engine.patch(sim.now, j.id, sdp) {
+                    assert_eq!(e.http_status(), 400, "{e}");
+                }
+            }
+            Err(e) => assert!((400..500).contains(&e.http_status()), "offer {i}: {e}"),
+        }
+        sim.drain_engine();
+    }
+    assert!(joined >= 1, "the complete offer joins");
+    // PATCH fragments against a live session
+    let id = sim.engine.participant_by_resource(&format!("res{}", nasty.len() - 1)).expect("the full offer joined");
+    let long = "x".repeat(300);
+    let frags: Vec<(String, u16)> = vec![
+        ("a=ice-ufrag:\r\na=ice-pwd:\r\n".into(), 400),
+        ("a=ice-ufrag:abcd\r\na=ice-pwd:short\r\n".into(), 400),
+        (format!("a=ice-ufrag:{long}\r\na=ice-pwd:0123456789012345678901\r\n"), 400),
+        ("a=candidate:garbage\r\n".repeat(1000), 204),
+        ("a=candidate:garbage\r\n".repeat(5000), 400), // over max_body_bytes
+        ("a=end-of-candidates\r\n".into(), 204),
+        ("\0\r\n\r\n".into(), 204),
+        ("a=ice-ufrag:".repeat(100_000), 400),
+    ];
+    for (f, want) in frags {
+        match sim.engine.patch(sim.now, id, &f) {
+            Ok(None) => assert_eq!(want, 204, "{:?}", &f[..f.len().min(60)]),
+            Ok(Some(_)) => panic!("no restart expected"),
+            Err(e) => assert_eq!(e.http_status(), want, "{e}"),
+        }
+    }
+    assert!(sim.engine.patch(sim.now, 999_999, "a=end-of-candidates").is_err(), "unknown session");
+    // the engine goes on: a fresh WHIP publisher connects
+    let p = sim.add_client();
+    sim.join_http(p, "fresh", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p)));
+}
+
+/// The input path of `fuzz/fuzz_targets/datagram.rs` with hand-made hostile
+/// datagrams from a connected peer's own address (so they reach its str0m
+/// session) and from strangers: dropped and counted, media goes on.
+#[test]
+fn hostile_datagrams_from_a_connected_peer_are_dropped() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let pubc = sim.add_client();
+    let view = sim.add_client();
+    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc) && s.connected(view)));
+    let sfu: SocketAddr = SFU.parse().unwrap();
+    let from = sim.clients[pubc].addr;
+    let mut rtp_all_csrc = vec![0x8f, 96, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4];
+    rtp_all_csrc.extend_from_slice(&[0; 8]); // says 15 CSRCs, has 2
+    let rtp_lying_ext = vec![0x90, 96, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 0xbe, 0xde, 0xff, 0xff, 1, 2];
+    let rtcp_lying_len = vec![0x80, 200, 0xff, 0xff, 1, 2, 3, 4];
+    let rtcp_compound_garbage = [vec![0x81, 205, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9], vec![0x80, 201, 0, 0]].concat();
+    let dtls_lying = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 1];
+    let dtls_client_hello_truncated = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20, 1, 0, 0, 0x80];
+    let stun_lying_attr = vec![0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 6, 0xff, 0xff, b'a', b'b', b'c', b'd'];
+    let nasty: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x80],
+        vec![0x80; 11],
+        rtp_all_csrc,
+        rtp_lying_ext,
+        rtcp_lying_len,
+        rtcp_compound_garbage,
+        dtls_lying,
+        dtls_client_hello_truncated,
+        stun_lying_attr,
+        vec![0xff; 2000],
+        vec![64; 300],
+    ];
+    let before = sim.engine.stats().dropped_packets;
+    for _ in 0..3 {
+        for d in &nasty {
+            for src in [from, "10.9.9.9:1".parse().unwrap()] {
+                sim.engine.handle_receive(sim.now, Protocol::Udp, src, sfu, d);
+                sim.drain_engine();
+            }
+        }
+        sim.run(Duration::from_millis(20));
+    }
+    assert!(sim.engine.stats().dropped_packets > before, "counted");
+    assert!(sim.engine.is_connected(sim.clients[pubc].id.unwrap()), "the peer survives its own garbage");
+    publisher_sends_vp8(&mut sim, pubc, mids[0], 40, 20, 0);
+    assert!(sim.rtp_received(view).len() >= 60, "media still flows: {}", sim.rtp_received(view).len());
+}
+
+/// The input path of `fuzz/fuzz_targets/local_rtp.rs`: an in-process
+/// publisher sending out-of-range track and layer indexes, empty and
+/// truncated payloads, keyframe flags on audio, sequence wraps and time going
+/// backwards; the recorder gets what is valid, byte for byte.
+#[test]
+fn hostile_local_packets_are_dropped_or_forwarded_intact() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let cam = sim.engine.join_local(sim.now, vp8_camera("cam", &["q", "h", "f"])).unwrap();
+    let rec = sim
+        .engine
+        .join_local(sim.now, LocalJoin { room: "r".into(), identity: "rec".into(), name: None, publish: vec![], subscribe: LocalSubscription::All })
+        .unwrap();
+    sim.drain_engine();
+    let pkt = |track: usize, layer: usize, seq: u16, ts: u32, key: bool, payload: &[u8], now: Instant| LocalPacket {
+        track,
+        layer,
+        seq,
+        timestamp: ts,
+        marker: true,
+        keyframe: key,
+        audio_level: Some(255),
+        capture_time: now,
+        payload: Bytes::copy_from_slice(payload),
+    };
+    let before = sim.engine.stats().dropped_packets;
+    let now = sim.now;
+    for p in [
+        pkt(7, 0, 1, 0, true, &[0x10, 0], now),      // no such track
+        pkt(0, 9, 1, 0, true, &[0x10, 0], now),      // no such layer
+        pkt(usize::MAX, usize::MAX, 0, 0, true, &[], now),
+    ] {
+        sim.engine.local_packet(now, cam, p);
+    }
+    assert_eq!(sim.engine.stats().dropped_packets - before, 3, "out-of-range indexes are counted drops");
+    // junk on valid indexes: empty VP8 keyframe, truncated descriptors, audio "keyframes", wraps, time backwards
+    let junk: Vec<LocalPacket> = vec![
+        pkt(0, 0, 65535, u32::MAX, true, &[], now),
+        pkt(0, 0, 0, 0, true, &[0x90], now),
+        pkt(0, 0, 1, 10, true, &[0x90, 0x80], now),
+        pkt(0, 0, 2, 5, true, &[0x90, 0xf0, 0xff], now),
+        pkt(1, 0, 65535, 0, true, &[], now),
+        pkt(1, 0, 0, u32::MAX, false, &[0xfc], now),
+        pkt(0, 2, 30000, 1, true, &[0x10, 0x00, 0x9d, 0x01, 0x2a], now),
+    ];
+    for p in junk {
+        sim.engine.local_packet(sim.now, cam, p);
+        sim.drain_engine();
+    }
+    let _ = sim.engine.set_local_muted(sim.now, cam, 5, true);
+    sim.run(Duration::from_millis(300));
+    // then a well-formed stream: the recorder gets each packet intact, numbering rewritten only
+    let mut sent = Vec::new();
+    for f in 0..30u32 {
+        let payload = vp8_numbered(f % 10 == 0, 100 + f as u16, f as u8, 7);
+        sent.push(payload.clone());
+        sim.engine.local_packet(sim.now, cam, LocalPacket { track: 0, layer: 0, seq: f as u16, timestamp: f * 3000, marker: true, keyframe: f % 10 == 0, audio_level: None, capture_time: sim.now, payload });
+        sim.drain_engine();
+        sim.run(Duration::from_millis(33));
+    }
+    let got: Vec<_> = received(&sim, rec).into_iter().filter(|p| p.payload.len() == 10 && p.payload[7] == 7).collect();
+    assert!(got.len() >= 20, "{}", got.len());
+    for p in &got {
+        assert!(sent.iter().any(|s| s[..2] == p.payload[..2] && s[5..] == p.payload[5..]), "only the numbering changed");
+    }
+}
