@@ -118,6 +118,7 @@ impl Common {
             window: Duration::from_secs_f64(self.window),
             profile: Profile::default(),
             join_deadline: Duration::from_secs(if self.callgrind { 60 } else { 15 }),
+            subscribe_budget: Duration::from_secs(if self.callgrind { 360 } else { 90 }),
         }
     }
 }

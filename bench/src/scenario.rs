@@ -162,6 +162,9 @@ pub struct Spec {
     pub profile: Profile,
     /// Give up waiting for every subscriber's first packet after this long.
     pub join_deadline: Duration,
+    /// The whole subscribe phase (every WHEP/Janus subscription) gets at most
+    /// this long; later subscriptions are skipped and the run is marked.
+    pub subscribe_budget: Duration,
 }
 
 /// Everything measured in one run.
@@ -452,7 +455,7 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
     // the join budget the rest of the subscriptions are skipped (and reported).
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let give_up_after = (pairs.len() / 10).max(8);
-    let join_budget = Instant::now() + spec.join_deadline * 6;
+    let join_budget = Instant::now() + spec.subscribe_budget;
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(pairs.iter().cloned())
         .map(|(p, who)| {
             let server = server.clone();
