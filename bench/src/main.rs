@@ -188,6 +188,7 @@ async fn run_one(c: Common, family: &str, n: usize, repeat: usize) -> anyhow::Re
         for k in c.kinds() {
             let r = scenario::run(k, &env, &c.spec(w)).await.with_context(|| format!("{} {}", k.name(), w.label()))?;
             println!("{}", report::row(&r));
+            println!("  RSS: server {:.1} MB, bench clients {:.1} MB", r.rss_kb as f64 / 1024.0, r.client_rss_kb as f64 / 1024.0);
             if let Some(i) = r.instructions_per_pkt {
                 println!("  {}: {i:.0} instructions per forwarded packet (callgrind, window only)", k.name());
             }

@@ -196,6 +196,9 @@ pub struct RunResult {
     pub join_max_ms: f64,
     pub rss_kb_idle: u64,
     pub rss_kb: u64,
+    /// The bench process's own RSS (every client) at the end of the window:
+    /// tells a server-side backlog (server RSS grows) from a client-side one.
+    pub client_rss_kb: u64,
     pub client_errors: u64,
     pub unstamped: u64,
     pub sent_by_publishers: u64,
@@ -547,6 +550,7 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         join_max_ms: join_max,
         rss_kb_idle: idle.rss_kb,
         rss_kb: b.rss_kb,
+        client_rss_kb: measure::sample(std::process::id()).map(|s| s.rss_kb).unwrap_or(0),
         client_errors: r.peers.iter().map(|p| p.errors).sum(),
         unstamped: subs.iter().map(|p| p.unstamped).sum(),
         sent_by_publishers: r.peers.iter().filter(|p| p.publisher).map(|p| p.sent).sum(),
