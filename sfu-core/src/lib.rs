@@ -134,7 +134,7 @@ pub mod protocol;
 pub mod server;
 pub mod signal;
 
-pub use auth::{Claims, Grants, TokenVerifier};
+pub use auth::{Claims, Grants, KeyScope, LiveVerifier, TokenCheck, TokenVerifier};
 pub use config::SfuConfig;
 pub use error::SfuError;
 pub use local::{LocalCodec, LocalEvent, LocalJoin, LocalPacket, LocalSubscription, LocalTrackSpec};

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::auth::TokenVerifier;
+use crate::auth::TokenCheck;
 use crate::config::SfuConfig;
 use crate::error::SfuError;
 use crate::edge::driver::{self, DriverParts, Request};
@@ -108,7 +108,7 @@ pub struct Sfu {
 struct Inner {
     requests: mpsc::Sender<Request>,
     control: mpsc::UnboundedSender<Request>,
-    verifier: TokenVerifier,
+    verifier: Arc<dyn TokenCheck>,
     config: Arc<SfuConfig>,
     events: broadcast::Sender<RoomEvent>,
     udp_addr: SocketAddr,
@@ -164,12 +164,16 @@ impl Drop for LocalParticipant {
 
 impl Sfu {
     /// Bind the sockets, start the driver thread and return the handle.
-    /// `registry` receives the SFU's metrics.
+    /// `tokens` checks every request's bearer token: a [`crate::TokenVerifier`],
+    /// a [`crate::auth::LiveVerifier`] refreshed at run time, or the embedding
+    /// service's own (`Arc<T>` where `T: TokenCheck`). `registry` receives the
+    /// SFU's metrics.
     pub async fn start(
         config: SfuConfig,
-        verifier: TokenVerifier,
+        tokens: impl TokenCheck + 'static,
         registry: &prometheus::Registry,
     ) -> Result<Sfu, SfuError> {
+        let verifier: Arc<dyn TokenCheck> = Arc::new(tokens);
         if let Err(problems) = config.validate() {
             let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             return Err(SfuError::Config(list.join("; ")));
@@ -218,9 +222,9 @@ impl Sfu {
         crate::signal::router(self.clone())
     }
 
-    /// The token verifier the SFU checks every request with.
-    pub fn verifier(&self) -> &TokenVerifier {
-        &self.inner.verifier
+    /// The token check the SFU applies to every request.
+    pub fn verifier(&self) -> &dyn TokenCheck {
+        &*self.inner.verifier
     }
 
     /// The configuration the SFU runs with.
