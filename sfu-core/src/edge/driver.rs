@@ -73,7 +73,7 @@ pub(crate) enum Request {
 }
 
 enum TcpEvent {
-    Opened { peer: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    Opened { peer: SocketAddr, writer: mpsc::Sender<Vec<u8>>, written: tokio::task::JoinHandle<()> },
     Packet { peer: SocketAddr, local: SocketAddr, data: Vec<u8> },
     Closed { peer: SocketAddr },
 }
@@ -89,6 +89,9 @@ pub(crate) struct DriverParts {
     pub control: mpsc::UnboundedReceiver<Request>,
     pub events: broadcast::Sender<RoomEvent>,
 }
+
+/// At shutdown, how long ICE-TCP writers may take to send what is queued.
+const TCP_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub(crate) fn run(parts: DriverParts) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -113,7 +116,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
         let l = TcpListener::from_std(l)?;
         tokio::spawn(accept_loop(l, tcp_tx.clone()));
     }
-    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut sinks = Sinks::default();
     let mut batch = RecvBatch::default();
     let mut out_udp: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(256);
@@ -127,7 +130,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                 Output::Transmit(t) => match t.proto {
                     Protocol::Udp => out_udp.push((t.destination, t.contents.into())),
                     Protocol::Tcp => {
-                        if let (Some(w), Some(f)) = (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents)) {
+                        if let (Some((w, _)), Some(f)) = (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents)) {
                             let _ = w.try_send(f);
                         }
                     }
@@ -179,6 +182,15 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
             out_udp.clear();
         }
         if let Some(r) = shutdown_reply.take() {
+            // ICE-TCP peers get their goodbyes (RTCP BYE, DTLS close_notify)
+            // too: let each writer finish what is queued, briefly
+            let written: Vec<_> = tcp_writers.drain().map(|(_, (_, done))| done).collect();
+            let _ = tokio::time::timeout(TCP_FLUSH, async {
+                for w in written {
+                    let _ = w.await;
+                }
+            })
+            .await;
             let _ = r.send(());
             return Ok(());
         }
@@ -213,7 +225,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                 }
             }
             r = tcp_rx.recv() => match r {
-                Some(TcpEvent::Opened { peer, writer }) => { tcp_writers.insert(peer, writer); }
+                Some(TcpEvent::Opened { peer, writer, written }) => { tcp_writers.insert(peer, (writer, written)); }
                 Some(TcpEvent::Packet { peer, local, data }) => {
                     let local = dest_map.iter().find(|(a, _)| *a == local.ip()).map(|x| SocketAddr::new(x.1, local.port())).unwrap_or(local);
                     engine.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
@@ -306,19 +318,22 @@ async fn accept_loop(l: TcpListener, tx: mpsc::Sender<TcpEvent>) {
             Err(_) => continue,
         };
         let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
-        if tx.send(TcpEvent::Opened { peer, writer: wtx }).await.is_err() {
+        let (mut r, mut w) = stream.into_split();
+        // writes until every sender is gone and the queue is empty
+        let writer = tokio::spawn(async move {
+            while let Some(f) = wrx.recv().await {
+                if w.write_all(&f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let abort = writer.abort_handle();
+        if tx.send(TcpEvent::Opened { peer, writer: wtx, written: writer }).await.is_err() {
+            abort.abort();
             return;
         }
         let tx = tx.clone();
         tokio::spawn(async move {
-            let (mut r, mut w) = stream.into_split();
-            let writer = tokio::spawn(async move {
-                while let Some(f) = wrx.recv().await {
-                    if w.write_all(&f).await.is_err() {
-                        break;
-                    }
-                }
-            });
             let mut framer = Rfc4571::default();
             let mut buf = vec![0u8; 4096];
             loop {
@@ -334,7 +349,7 @@ async fn accept_loop(l: TcpListener, tx: mpsc::Sender<TcpEvent>) {
                     }
                 }
             }
-            writer.abort();
+            abort.abort();
             let _ = tx.send(TcpEvent::Closed { peer }).await;
         });
     }

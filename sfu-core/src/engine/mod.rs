@@ -948,23 +948,32 @@ impl Engine {
         }
     }
 
-    /// Every participant goes: tell them, close everything.
+    /// Every participant goes: each is told `closing` — and nothing after it
+    /// (not the others leaving, their tracks going, unsubscriptions) — every
+    /// WebRTC peer is sent RTCP BYE and a DTLS close_notify, then all is removed.
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
-        for id in ids {
+        for &id in &ids {
             let msg = ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: Some(5000) };
-            if self.participants.get(&id).is_some_and(|p| p.is_local()) {
-                self.out.push_back(Output::Local(id, LocalEvent::Signal(msg)));
-            } else {
-                self.out.push_back(Output::Signal(id, msg));
+            match self.participants.get(&id) {
+                Some(p) if p.is_local() => self.out.push_back(Output::Local(id, LocalEvent::Signal(msg))),
+                Some(p) if p.is_room_client() => self.out.push_back(Output::Signal(id, msg)),
+                _ => {}
             }
+        }
+        let told = self.out.len();
+        for id in ids {
             if let Some(rtc) = self.participants.get_mut(&id).and_then(|p| p.rtc.as_mut()) {
-                let _ = rtc.close();
+                if let Err(e) = rtc.close() {
+                    tracing::debug!(participant = id, error = %e, "close");
+                }
                 self.drain(id);
             }
             self.remove_participant(now, id, LeaveReason::Shutdown);
         }
         self.process(now);
+        let after = self.out.split_off(told);
+        self.out.extend(after.into_iter().filter(|o| !matches!(o, Output::Signal(..) | Output::Local(_, LocalEvent::Signal(_)))));
     }
 
     fn remove_participant(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {

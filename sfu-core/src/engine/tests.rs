@@ -129,7 +129,7 @@ impl Sim {
                     self.send(from, to, t.contents.into());
                 }
                 str0m::Output::Event(e) => {
-                    if matches!(e, Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::Connected | Event::ChannelOpen(..) | Event::ChannelData(_)) {
+                    if matches!(e, Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::Connected | Event::ChannelOpen(..) | Event::ChannelData(_) | Event::Closed) {
                         c.events.push(e);
                     }
                 }
@@ -1370,4 +1370,58 @@ fn hostile_local_packets_are_dropped_or_forwarded_intact() {
     for p in &got {
         assert!(sent.iter().any(|s| s[..2] == p.payload[..2] && s[5..] == p.payload[5..]), "only the numbering changed");
     }
+}
+
+/// Shutdown: each room-protocol client's last word from the SFU is
+/// `closing` — not the others leaving, their tracks going or being
+/// unsubscribed — and every WebRTC peer (room clients, WHIP, WHEP) hears a
+/// DTLS close_notify (and RTCP BYE), so it knows at once.
+#[test]
+fn shutdown_says_closing_last_and_closes_every_peer() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let a = sim.add_client();
+    let b = sim.add_client();
+    ws_join(&mut sim, a, "ann");
+    ws_join(&mut sim, b, "ben");
+    let (mid_a, pending_a) = ws_publish(&mut sim, a, false);
+    take_answer(&mut sim, a, pending_a);
+    let (mid_b, pending_b) = ws_publish(&mut sim, b, false);
+    take_answer(&mut sim, b, pending_b);
+    let w = sim.add_client();
+    let mids = sim.join_http(w, "cam", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let v = sim.add_client();
+    sim.join_http(v, "tv", PeerRole::Whep { target: Some("cam".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    let all = [a, b, w, v];
+    assert!(sim.run_until(Duration::from_secs(5), |s| all.iter().all(|c| s.connected(*c))));
+    for _ in 0..5 {
+        answer_server_offers(&mut sim, a);
+        answer_server_offers(&mut sim, b);
+        sim.run(Duration::from_millis(50));
+    }
+    for f in 0..30u32 {
+        for (c, mid) in [(a, mid_a), (b, mid_b), (w, mids[0])] {
+            sim.write(c, mid, None, Codec::Vp8, u64::from(f) + 1, f * 3000, true, vp8(true, f % 10 == 0, f, 0));
+        }
+        sim.run(Duration::from_millis(33));
+    }
+    assert!(!sim.rtp_received(a).is_empty() && !sim.rtp_received(b).is_empty() && !sim.rtp_received(v).is_empty());
+    for c in all {
+        sim.clients[c].signals.clear();
+        assert!(!sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)));
+    }
+
+    sim.engine.shutdown(sim.now);
+    sim.drain_engine();
+    for c in [a, b] {
+        let said: Vec<&ServerMessage> = sim.clients[c].signals.iter().collect();
+        assert!(
+            matches!(said[..], [ServerMessage::Closing { .. }]),
+            "client {c} hears `closing` and nothing else: {said:?}"
+        );
+    }
+    sim.run(Duration::from_millis(200));
+    for c in all {
+        assert!(sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)), "peer {c} was told goodbye (DTLS close_notify)");
+    }
+    assert_eq!(sim.engine.stats().participants, 0);
 }
