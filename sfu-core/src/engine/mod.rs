@@ -45,7 +45,7 @@ use crate::auth::Grants;
 use crate::config::{CodecName, SfuConfig};
 use crate::error::SfuError;
 use crate::local::{LocalCodec, LocalEvent, LocalJoin, LocalSubscription};
-use crate::media::forwarder::LayerSelector;
+use crate::media::forwarder::{LayerPolicy, LayerSelector, LinkEstimate};
 use crate::media::keyframe::VideoFormat;
 use crate::media::rewrite::{Rewriter, SeqExtender};
 use crate::media::speaker::{SpeakerDetector, SpeakerParams};
@@ -87,6 +87,9 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// How often the engine's own housekeeping runs (speaker, layers, limits).
 pub const TICK: Duration = Duration::from_millis(200);
+/// str0m's statistics per peer this often: the raw bandwidth estimate and
+/// loss (a squeeze is seen within one interval), and the per-room metrics.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(200);
 /// A peer that has not connected this long after joining is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connected peer whose ICE stays disconnected this long is dropped.
@@ -173,8 +176,12 @@ struct DownTrack {
     /// VP8 PictureID/TL0PICIDX continuity across source switches.
     vp8: Vp8Munger,
     selector: LayerSelector,
+    /// Hysteresis and hold times behind the selector's target.
+    policy: LayerPolicy,
     want_width: Option<u32>,
     last_layer_sent: Option<Option<usize>>,
+    /// When the forwarded layer last went up (its keyframe is a burst).
+    climbed_at: Option<Instant>,
     alloc_bps: u64,
 }
 
@@ -284,8 +291,10 @@ struct Participant {
     /// ssrc -> (track, layer) of incoming streams (remote publishers).
     rx: SmallVec<[(Ssrc, TrackKey, u8); 6]>,
     downtracks: Vec<DownTrack>,
-    bwe_bps: u64,
+    /// The downlink towards this participant (str0m's send-side estimate).
+    link: LinkEstimate,
     last_desired_bps: u64,
+    last_minimum_bps: u64,
     neg: Negotiation,
     pending_publish: Vec<PublishTrack>,
     chat: Option<ChannelId>,
@@ -593,7 +602,7 @@ impl Engine {
             .enable_vp9(has(CodecName::Vp9))
             .enable_av1(has(CodecName::Av1))
             .enable_bwe(Some(Bitrate::bps(self.config.media.initial_bitrate_bps)))
-            .set_stats_interval(Some(Duration::from_secs(1)))
+            .set_stats_interval(Some(STATS_INTERVAL))
     }
 
     /// A remote participant joins (WHIP, WHEP or the room protocol). Grants
@@ -693,8 +702,9 @@ impl Engine {
             published: Vec::new(),
             rx: SmallVec::new(),
             downtracks: Vec::new(),
-            bwe_bps: self.config.media.initial_bitrate_bps,
+            link: LinkEstimate::new(self.config.media.initial_bitrate_bps),
             last_desired_bps: 0,
+            last_minimum_bps: 0,
             neg: Negotiation::default(),
             pending_publish: Vec::new(),
             chat: None,
@@ -772,8 +782,9 @@ impl Engine {
             published: Vec::new(),
             rx: SmallVec::new(),
             downtracks: Vec::new(),
-            bwe_bps: u64::MAX / 4,
+            link: LinkEstimate::new(u64::MAX / 4),
             last_desired_bps: 0,
+            last_minimum_bps: 0,
             neg: Negotiation::default(),
             pending_publish: Vec::new(),
             chat: None,
@@ -1307,6 +1318,8 @@ impl Engine {
                     d.source = None;
                     d.pt = None;
                     d.selector.reset();
+                    d.policy.reset();
+                    d.last_layer_sent = None;
                     d.rewriter.detach();
                 }
             }
@@ -1434,7 +1447,7 @@ impl Engine {
                     _ => None,
                 };
                 if let (Some(e), Some(p)) = (est, self.participants.get_mut(&id)) {
-                    p.bwe_bps = e.as_u64();
+                    p.link.on_estimate(e.as_u64());
                 }
             }
             Event::ChannelOpen(ch, label) => {

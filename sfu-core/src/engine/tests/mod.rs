@@ -52,11 +52,26 @@ struct Client {
     signals: Vec<ServerMessage>,
 }
 
+/// A bottleneck on the way to one address (a `tbf` qdisc in miniature):
+/// packets leave one after another at `rate_bps`; one that would wait in the
+/// queue longer than `queue` is dropped.
+struct Link {
+    to: std::net::IpAddr,
+    rate_bps: u64,
+    queue: Duration,
+    busy_until: Instant,
+    dropped: u64,
+    passed: u64,
+}
+
 struct Sim {
     now: Instant,
     engine: Engine,
     clients: Vec<Client>,
     net: Vec<Packet>,
+    links: Vec<Link>,
+    /// Dropped by links since lifted.
+    link_dropped: u64,
     rng: Rng,
     loss: f64,
     delay_ms: u64,
@@ -81,6 +96,8 @@ impl Sim {
             engine,
             clients: Vec::new(),
             net: Vec::new(),
+            links: Vec::new(),
+            link_dropped: 0,
             rng: Rng(0x5eed_1234_abcd),
             loss: 0.0,
             delay_ms: 5,
@@ -108,8 +125,32 @@ impl Sim {
             return;
         }
         let jitter = if self.jitter_ms > 0 { self.rng.next() % self.jitter_ms } else { 0 };
-        let at = self.now + Duration::from_millis(self.delay_ms + jitter);
+        let mut at = self.now + Duration::from_millis(self.delay_ms + jitter);
+        if let Some(l) = self.links.iter_mut().find(|l| l.to == to.ip()) {
+            let start = l.busy_until.max(self.now);
+            if start.saturating_duration_since(self.now) > l.queue {
+                l.dropped += 1;
+                return;
+            }
+            // 28 bytes of UDP/IPv4 header on the wire
+            let bits = (data.len() as u64 + 28) * 8;
+            l.passed += 1;
+            l.busy_until = start + Duration::from_nanos(bits * 1_000_000_000 / l.rate_bps.max(1));
+            at = l.busy_until + Duration::from_millis(self.delay_ms + jitter);
+        }
         self.net.push(Packet { proto: self.proto_of(from, to), at, from, to, data });
+    }
+
+    /// Squeeze everything sent to client `ci` through a bottleneck (`None` lifts it).
+    fn squeeze(&mut self, ci: usize, rate_bps: Option<u64>, queue: Duration) {
+        let to = self.clients[ci].addr.ip();
+        for l in self.links.iter().filter(|l| l.to == to) {
+            self.link_dropped += l.dropped;
+        }
+        self.links.retain(|l| l.to != to);
+        if let Some(rate_bps) = rate_bps {
+            self.links.push(Link { to, rate_bps, queue, busy_until: self.now, dropped: 0, passed: 0 });
+        }
     }
 
     fn proto_of(&self, from: SocketAddr, to: SocketAddr) -> Protocol {
@@ -1371,6 +1412,8 @@ fn hostile_local_packets_are_dropped_or_forwarded_intact() {
         assert!(sent.iter().any(|s| s[..2] == p.payload[..2] && s[5..] == p.payload[5..]), "only the numbering changed");
     }
 }
+
+mod simulcast;
 
 /// Shutdown: each room-protocol client's last word from the SFU is
 /// `closing` — not the others leaving, their tracks going or being
