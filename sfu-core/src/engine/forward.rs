@@ -56,6 +56,26 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 /// Per packet on the wire besides the payload (RTP, SRTP tag, UDP, IPv4).
 pub(super) const PACKET_OVERHEAD: usize = 12 + 10 + 8 + 20;
+/// The most packets one subscriber stream's send queue may hold; past it,
+/// new packets for that stream are dropped (and counted), not queued.
+/// str0m's pacer queue is a plain `VecDeque` that paces at the bandwidth
+/// estimate; its only limit is to raise the pacing rate (past the estimate,
+/// past the link) once packets wait 2 s on average, and only while the
+/// driver keeps up polling it. This bound holds regardless.
+pub const SEND_QUEUE_MAX_PACKETS: usize = 512;
+/// ... or when its oldest unsent packet has waited this long: media later
+/// than this is not worth queueing more behind (what is queued still drains
+/// at the pacer's rate, so the oldest may wait a little longer than this).
+pub const SEND_QUEUE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Whether the send queue of the stream on `mid` is at its bound.
+#[inline]
+fn send_queue_full(rtc: &mut Rtc, mid: Mid, now: Instant) -> bool {
+    let mut api = rtc.direct_api();
+    let Some(q) = api.stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()) else { return false };
+    q.packet_count() >= SEND_QUEUE_MAX_PACKETS
+        || q.first_unsent().is_some_and(|t| now.saturating_duration_since(t) >= SEND_QUEUE_MAX_AGE)
+}
 
 fn source_id(tk: TrackKey, layer: usize, generation: u32) -> u64 {
     (tk << 24) ^ ((layer as u64) << 20) ^ u64::from(generation)
@@ -260,6 +280,18 @@ impl Engine {
             let room_client = s.is_room_client();
             let Some(d) = s.downtracks.iter_mut().find(|d| d.source == Some(tk)) else { continue };
             if !d.ready {
+                continue;
+            }
+            // a link slower than what flows: drop rather than let the queue grow;
+            // video then restarts at a keyframe (asked for at the next tick),
+            // so the subscriber never decodes across the hole
+            if let (Some(rtc), Some(mid)) = (s.rtc.as_mut(), d.mid)
+                && send_queue_full(rtc, mid, now)
+            {
+                counters.send_queue_full += 1;
+                if video {
+                    d.selector.reset();
+                }
                 continue;
             }
             // decide

@@ -343,7 +343,17 @@ struct Counters {
     dropped_packets: u64,
     garbage: u64,
     unknown_peer: u64,
+    /// Packets not queued towards a subscriber whose send queue was at its
+    /// bound (see [`forward::SEND_QUEUE_MAX_PACKETS`]); counted per packet,
+    /// flushed to `sfu_dropped_total{reason="send_queue_full"}` each tick.
+    send_queue_full: u64,
+    send_queue_full_flushed: u64,
+    /// When the last warning about full send queues was logged.
+    send_queue_full_logged: Option<(Instant, u64)>,
 }
+
+/// Full send queues are logged at most this often (with the count since).
+const SEND_QUEUE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The room engine. See the module docs.
 pub struct Engine {
@@ -1369,7 +1379,10 @@ impl Engine {
             participants: self.participants.len(),
             forwarded_packets: self.counters.forwarded_packets,
             forwarded_bytes: self.counters.forwarded_bytes,
-            dropped_packets: self.counters.dropped_packets + self.counters.garbage + self.counters.unknown_peer,
+            dropped_packets: self.counters.dropped_packets
+                + self.counters.garbage
+                + self.counters.unknown_peer
+                + self.counters.send_queue_full,
         }
     }
 
@@ -1521,10 +1534,27 @@ impl Engine {
         self.allocate(now);
         self.publisher_limits(now);
         self.pending_keyframes(now);
-        self.flush_metrics();
+        self.flush_metrics(now);
     }
 
-    fn flush_metrics(&mut self) {
+    fn flush_metrics(&mut self, now: Instant) {
+        let c = &mut self.counters;
+        if c.send_queue_full > c.send_queue_full_flushed {
+            if let Some(m) = &self.metrics {
+                m.dropped_send_queue_full.inc_by(c.send_queue_full - c.send_queue_full_flushed);
+            }
+            c.send_queue_full_flushed = c.send_queue_full;
+            let (at, logged) = c.send_queue_full_logged.unwrap_or((self.start, 0));
+            if c.send_queue_full_logged.is_none() || now.saturating_duration_since(at) >= SEND_QUEUE_LOG_EVERY {
+                tracing::warn!(
+                    dropped = c.send_queue_full - logged,
+                    total = c.send_queue_full,
+                    max_packets = forward::SEND_QUEUE_MAX_PACKETS,
+                    "subscriber send queues full: packets dropped instead of queued"
+                );
+                c.send_queue_full_logged = Some((now, c.send_queue_full));
+            }
+        }
         for r in self.rooms.values_mut() {
             if let Some(m) = &r.metrics {
                 m.forwarded_packets.inc_by(r.forwarded_packets - r.flushed_packets);
