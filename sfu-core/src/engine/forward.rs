@@ -45,7 +45,7 @@ const AUDIO_BPS: u64 = 64_000;
 /// straight to the lowest layer.
 const CONGESTION_LOSS: f32 = 0.10;
 /// ... or over the last statistics interval alone.
-const CONGESTION_RECENT_LOSS: f32 = 0.25;
+const CONGESTION_RECENT_LOSS: f32 = 0.15;
 /// A video packet waiting this long in str0m's pacer (which paces at the
 /// estimate) means the link carries less than flows: congestion too.
 const CONGESTION_QUEUE: Duration = Duration::from_millis(150);
