@@ -141,6 +141,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod signal;
+pub mod standalone;
 
 pub use auth::{Claims, Grants, KeyScope, LiveVerifier, TokenCheck, TokenVerifier};
 pub use config::SfuConfig;
