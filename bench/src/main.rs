@@ -1,4 +1,196 @@
-//! `roombox-bench`: load generator and benchmark suite.
+//! `roombox-bench`: the benchmark suite, its smoke test, one-off runs, and the
+//! floor relay process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use roombox_bench::floor::{self, FloorConfig};
+use roombox_bench::media::Profile;
+use roombox_bench::report;
+use roombox_bench::scenario::{self, Env, Kind, Spec, Workload};
+
+#[derive(Parser)]
+#[command(about = "roombox's measuring instruments: the same WebRTC load against roombox, the floor and Janus")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Seconds, tiny load: check that packets flow through every available server.
+    Smoke(Common),
+    /// One workload against the chosen servers.
+    Run {
+        #[command(flatten)]
+        c: Common,
+        /// `fanout` or `room`.
+        #[arg(long, default_value = "fanout")]
+        family: String,
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// The whole suite: scaling curves, repeats of the headline loads, tables, JSON, SVG, docs.
+    Suite {
+        #[command(flatten)]
+        c: Common,
+        /// docs/PERFORMANCE.md to rewrite (marked sections only).
+        #[arg(long)]
+        doc: Option<PathBuf>,
+        /// Repeats of the headline loads (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// The floor relay itself (started by the bench as its own process).
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        udp: SocketAddr,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Servers to run, comma separated (floor,roombox,janus). Unavailable ones are skipped.
+    #[arg(long, default_value = "floor,roombox,janus")]
+    servers: String,
+    /// Address for media (loopback, or a veth address inside a namespace).
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: IpAddr,
+    /// The `sfu` binary (default: next to this binary).
+    #[arg(long, env = "ROOMBOX_SFU_BIN")]
+    sfu_bin: Option<PathBuf>,
+    /// Where JSON, SVG and logs go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Steady measurement window, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    window: f64,
+    /// Settling time before the window, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Run roombox and the floor under callgrind and report instructions per forwarded packet.
+    #[arg(long)]
+    callgrind: bool,
+}
+
+impl Common {
+    fn env(&self) -> anyhow::Result<Env> {
+        let self_exe = std::env::current_exe()?;
+        let sfu_bin = self
+            .sfu_bin
+            .clone()
+            .or_else(|| self_exe.parent().map(|d| d.join("sfu")))
+            .filter(|p| p.exists());
+        std::fs::create_dir_all(&self.out)?;
+        Ok(Env { ip: self.ip, sfu_bin, self_exe, work: self.out.join("work"), callgrind: self.callgrind })
+    }
+
+    fn kinds(&self, env: &Env) -> Vec<Kind> {
+        self.servers
+            .split(',')
+            .filter_map(|s| Kind::parse(s.trim()))
+            .filter(|k| match k {
+                Kind::Roombox => {
+                    let ok = env.sfu_bin.is_some();
+                    if !ok {
+                        eprintln!("skipping roombox: no sfu binary (build it, or pass --sfu-bin)");
+                    }
+                    ok
+                }
+                Kind::Janus => {
+                    let ok = roombox_bench::janus::Janus::available();
+                    if !ok {
+                        eprintln!("skipping janus: not installed (apt-get install -y janus)");
+                    }
+                    ok
+                }
+                Kind::Floor => true,
+            })
+            .collect()
+    }
+
+    fn spec(&self, w: Workload) -> Spec {
+        Spec {
+            workload: w,
+            warmup: Duration::from_secs_f64(self.warmup),
+            window: Duration::from_secs_f64(self.window),
+            profile: Profile::default(),
+            join_deadline: Duration::from_secs(if self.callgrind { 60 } else { 15 }),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,str0m=error".into()),
+    ).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Floor { http, udp, batch } => floor::run(FloorConfig { http, udp, batch }),
+        Cmd::Smoke(c) => runtime()?.block_on(smoke(c)),
+        Cmd::Run { c, family, n, repeat } => runtime()?.block_on(run_one(c, &family, n, repeat)),
+        Cmd::Suite { c, doc, repeat } => runtime()?.block_on(roombox_bench::suite::suite(c.env()?, c.kinds(&c.env()?), doc, repeat, |w| c.spec(w), &c.out)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+async fn smoke(c: Common) -> anyhow::Result<()> {
+    let env = c.env()?;
+    let mut bad = Vec::new();
+    println!("{}", report::header());
+    for k in c.kinds(&env) {
+        let mut spec = c.spec(Workload::Fanout(2));
+        spec.window = Duration::from_secs_f64(c.window.min(2.0));
+        spec.warmup = Duration::from_millis(300);
+        match scenario::run(k, &env, &spec).await {
+            Ok(r) => {
+                println!("{}", report::row(&r));
+                if r.forwarded_packets == 0 || r.subscriptions_flowing < r.subscriptions {
+                    bad.push(format!("{}: {} of {} subscriptions got packets", k.name(), r.subscriptions_flowing, r.subscriptions));
+                }
+            }
+            Err(e) => bad.push(format!("{}: {e:#}", k.name())),
+        }
+    }
+    if !bad.is_empty() {
+        bail!("smoke failed:\n  {}", bad.join("\n  "));
+    }
+    println!("smoke: packets flowed through every server");
+    Ok(())
+}
+
+async fn run_one(c: Common, family: &str, n: usize, repeat: usize) -> anyhow::Result<()> {
+    let env = c.env()?;
+    let w = match family {
+        "fanout" => Workload::Fanout(n),
+        "room" => Workload::Room(n),
+        other => bail!("unknown workload family {other:?}"),
+    };
+    println!("{}", report::header());
+    let mut all = Vec::new();
+    for _ in 0..repeat {
+        for k in c.kinds(&env) {
+            let r = scenario::run(k, &env, &c.spec(w)).await.with_context(|| format!("{} {}", k.name(), w.label()))?;
+            println!("{}", report::row(&r));
+            if let Some(i) = r.instructions_per_pkt {
+                println!("  {}: {i:.0} instructions per forwarded packet (callgrind, window only)", k.name());
+            }
+            all.push(r);
+        }
+    }
+    println!("\n{}", report::ratios(&report::medians(&all)));
+    report::write_json(&c.out.join("run.json"), &all)?;
+    Ok(())
 }

@@ -48,6 +48,20 @@ pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 /// Issuer of the box's own tokens.
 pub const ISSUER: &str = "roombox";
 
+/// Display credentials start with this.
+pub const DISPLAY_PREFIX: &str = "rbd_";
+/// The name a display joins with (the web client's grids do not show it as a person).
+pub const DISPLAY_NAME: &str = "Room display";
+
+/// The identity a display joins as.
+pub fn display_identity(id: i64) -> String {
+    format!("display-{id}")
+}
+
+/// The token version every display token carries (see [`TokenVersions`]): revoking
+/// a display removes its identity from the map, which refuses its tokens at once.
+const DISPLAY_TV: u64 = 1;
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -129,6 +143,8 @@ pub enum AuthServiceError {
     BadRefresh,
     #[error("the refresh token was already used; every token of this session is now revoked")]
     RefreshReuse,
+    #[error("the display credential is unknown or was revoked")]
+    BadDisplay,
     #[error("{0}")]
     BadRequest(String),
     #[error("signing key {0}: {1}")]
@@ -153,6 +169,12 @@ impl TokenVersions {
     }
     pub fn get(&self, user: &str) -> Option<u64> {
         self.map.read().ok().and_then(|m| m.get(user).copied())
+    }
+    /// Forget a holder: every token it carries with a `tv` is refused from now on.
+    pub fn remove(&self, user: &str) {
+        if let Ok(mut m) = self.map.write() {
+            m.remove(user);
+        }
     }
 }
 
@@ -330,6 +352,12 @@ impl Auth {
         for (user, v) in store.call(|c| q::token_versions(c)).await? {
             versions.set(&user, v);
         }
+        // Display tokens carry `tv` 1 and are valid while their display is not revoked.
+        for d in store.call(|c| q::list_displays(c)).await? {
+            if d.revoked_at.is_none() {
+                versions.set(&display_identity(d.id), DISPLAY_TV);
+            }
+        }
         let local = TokenVerifier::hs256(&key)?.with_revocation(versions.clone());
         let dummy_hash = tokio::task::spawn_blocking(|| hash_password("not-a-real-password-at-all"))
             .await
@@ -429,6 +457,106 @@ impl Auth {
         c.tv = tv;
         c.name = name;
         Ok((sign_hs256(&c, &self.key)?, c))
+    }
+
+    /// Make a display credential for the TV of `room`: a long random secret
+    /// the `/display` page keeps and exchanges ([`Auth::display_token`]) for
+    /// short subscribe-only access tokens, for as long as it is not revoked.
+    /// Only its SHA-256 is stored. Returns the row and the credential (shown once).
+    pub async fn create_display(
+        &self,
+        room: &str,
+        name: &str,
+        by: &str,
+        now: u64,
+    ) -> Result<(crate::store::DisplayRow, String), AuthServiceError> {
+        let mut raw = [0u8; 32];
+        random_bytes(&mut raw)?;
+        let credential = format!("{DISPLAY_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+        let hash = sha256(credential.as_bytes());
+        let (room, name, by) = (room.to_owned(), name.to_owned(), by.to_owned());
+        let row = self
+            .store
+            .call(move |c| {
+                crate::store::atomic(c, |c| {
+                    let row = q::create_display(c, &room, &name, &hash, &by, now as i64)?;
+                    q::audit(
+                        c,
+                        now as i64,
+                        &by,
+                        "display_created",
+                        Some(&format!("{room}/{}", display_identity(row.id))),
+                        Some(&name),
+                        None,
+                    )?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        self.versions.set(&display_identity(row.id), DISPLAY_TV);
+        Ok((row, credential))
+    }
+
+    /// Revoke a display: no new tokens for its credential, and the tokens it
+    /// holds are refused from now on (the SFU and the API check token versions).
+    pub async fn revoke_display(
+        &self,
+        id: i64,
+        actor: &str,
+        now: u64,
+    ) -> Result<crate::store::DisplayRow, AuthServiceError> {
+        let actor = actor.to_owned();
+        let row = self
+            .store
+            .call(move |c| {
+                atomic(c, |c| {
+                    let row = q::revoke_display(c, id, now as i64)?;
+                    let target = format!("{}/{}", row.room, display_identity(id));
+                    q::audit(c, now as i64, &actor, "display_revoked", Some(&target), None, None)?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        self.versions.remove(&display_identity(id));
+        Ok(row)
+    }
+
+    /// Exchange a display credential for an access token: identity
+    /// `display-{id}`, name [`DISPLAY_NAME`], subscribe only, `auth.access_ttl`.
+    pub async fn display_token(
+        &self,
+        credential: &str,
+        now: u64,
+    ) -> Result<(String, Claims, crate::store::DisplayRow), AuthServiceError> {
+        if !credential.starts_with(DISPLAY_PREFIX) || credential.len() > 100 {
+            return Err(AuthServiceError::BadDisplay);
+        }
+        let hash = sha256(credential.as_bytes());
+        let row = self
+            .store
+            .call(move |c| {
+                let row = q::find_display(c, &hash)?;
+                if let Some(r) = &row
+                    && r.revoked_at.is_none()
+                {
+                    q::touch_display(c, r.id, now as i64)?;
+                }
+                Ok(row)
+            })
+            .await?
+            .filter(|r| r.revoked_at.is_none())
+            .ok_or(AuthServiceError::BadDisplay)?;
+        let grants = Grants { subscribe: true, ..Grants::default() };
+        let (token, claims) = self.issue_access(
+            &display_identity(row.id),
+            &row.room,
+            grants,
+            self.cfg.access_ttl,
+            Some(DISPLAY_TV),
+            Some(DISPLAY_NAME.into()),
+            now,
+        )?;
+        Ok((token, claims, row))
     }
 
     /// First boot: create `admin` with a random password written to the data dir.

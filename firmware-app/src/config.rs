@@ -35,7 +35,8 @@ pub struct DaemonConfig {
     pub region: String,
     /// `server_id` label of the seed's metrics; empty = the machine's hostname.
     pub server_id: String,
-    /// The room the box's own camera and microphone join.
+    /// The room the box's own camera and microphone publish into (and whose
+    /// state the button panel and its LEDs show).
     pub room: String,
     pub http: HttpConfig,
     pub auth: AuthConfig,
@@ -43,12 +44,15 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// The SFU (sfu-core's own table).
     pub sfu: sfu_core::SfuConfig,
-    /// MEDIA SEAM: the camera/microphone pipeline's table. Passed through
-    /// untouched until `roombox::media::MediaConfig` lands; then this field
-    /// becomes that type.
-    pub media: toml::Table,
+    /// The room's camera, microphone and speakers. With a `board`, the board
+    /// profile gives the defaults and the keys written here win.
+    pub media: crate::media::MediaConfig,
     /// Links to the outside (all off by default).
     pub cloud: cloud_bridge::CloudConfig,
+    /// The `[media]` keys the file wrote (filled by [`load_str`]); with a board
+    /// profile these keep the file's values, the others take the board's.
+    #[serde(skip)]
+    pub media_keys: Vec<String>,
 }
 
 impl Default for DaemonConfig {
@@ -64,8 +68,9 @@ impl Default for DaemonConfig {
             store: StoreConfig::default(),
             log: LogConfig::default(),
             sfu: sfu_core::SfuConfig::default(),
-            media: toml::Table::new(),
+            media: crate::media::MediaConfig::default(),
             cloud: cloud_bridge::CloudConfig::default(),
+            media_keys: Vec::new(),
         }
     }
 }
@@ -347,6 +352,25 @@ impl DaemonConfig {
                 p.push((format!("sfu.{}", pr.key), pr.problem));
             }
         }
+        // The media the daemon will run: with a board, its defaults under the file's keys.
+        let board = match &self.board {
+            Some(name) if !p.iter().any(|(k, _)| k == "board") => {
+                match crate::board::BoardProfile::load(name) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        p.push(("board".into(), e.to_string()));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let media = crate::profile::resolve_media(self, board.as_ref());
+        if self.media.enabled {
+            for (key, problem) in media.problems() {
+                p.push((format!("media.{key}"), problem));
+            }
+        }
         p
     }
 }
@@ -446,6 +470,17 @@ pub fn load_str(text: &str, overrides: &Overrides) -> Result<DaemonConfig, Vec<P
     }
     let Some(mut cfg) = cfg else {
         return Err(problems);
+    };
+    cfg.media_keys = match doc.get_ref().iter().find(|(k, _)| k.get_ref().as_ref() == "media") {
+        Some((_, v)) => match v.get_ref() {
+            DeValue::Table(t) => {
+                let mut keys: Vec<String> = t.iter().map(|(k, _)| k.get_ref().to_string()).collect();
+                keys.sort();
+                keys
+            }
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
     };
     cfg.apply(overrides);
     for (key, message) in cfg.validate() {
@@ -640,6 +675,30 @@ max_rooms = 0
         assert!(lines.contains(&Some(6)), "ttl out of range: {p:#?}");
         assert!(lines.contains(&Some(8)), "sfu validate: {p:#?}");
         assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn media_problems_have_their_lines() {
+        let text = r#"room = "demo"
+[media]
+fps = 0
+widht = 640
+period_ms = 15
+video = { source = "v4l2", device = "/dev/video0", formats = ["H264"] }
+audio = { source = "webcam" }
+"#;
+        let p = load_str(text, &Overrides::default()).unwrap_err();
+        let at = |line: usize| p.iter().find(|p| p.line == Some(line)).map(|p| p.to_string());
+        assert!(at(3).is_some_and(|m| m.contains("media.fps")), "{p:#?}");
+        assert!(at(4).is_some_and(|m| m.contains("widht")), "unknown key: {p:#?}");
+        assert!(at(5).is_some_and(|m| m.contains("media.period_ms")), "{p:#?}");
+        assert!(at(6).is_some_and(|m| m.contains("H264")), "{p:#?}");
+        assert!(at(7).is_some_and(|m| m.contains("webcam")), "{p:#?}");
+        // A board that does not exist is a problem of `board`.
+        let p = load_str("board = \"nosuch\"\n", &Overrides::default()).unwrap_err();
+        assert_eq!((p[0].line, p[0].key.as_deref()), (Some(1), Some("board")), "{p:#?}");
+        // Media switched off is not checked.
+        assert!(load_str("[media]\nenabled = false\nfps = 0\n", &Overrides::default()).is_ok());
     }
 
     #[test]

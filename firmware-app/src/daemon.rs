@@ -1,11 +1,14 @@
 //! Start, run and stop the daemon; the demo.
 //!
-//! Start order: data dir → metrics → store (crash leftovers closed) → auth
-//! (key, first-boot admin) → TLS files → SFU → room media → room-event task →
-//! HTTP(S) server. Stop order (SIGTERM/SIGINT): the SFU tells every peer and
-//! closes; the event task drains; open meetings and sessions are closed in the
-//! store; the HTTP server drains for up to 5 s; the WAL is checkpointed and the
-//! store thread ends. Every step that writes is a committed transaction, so a
+//! Start order: board profile (media defaults, capacity) → data dir → metrics
+//! → store (crash leftovers closed) → auth (key, first-boot admin) → TLS files
+//! → SFU → room-event task → room media (the box's camera and microphone join
+//! the box's room as participant `media.identity`) → button panel (GPIO lines
+//! of the board, or simulated) → HTTP(S) server. Stop order (SIGTERM/SIGINT):
+//! the room media leaves and its threads stop, the panel's LEDs go off; the SFU
+//! tells every peer and closes; the event task drains; open meetings and
+//! sessions are closed in the store; the HTTP server drains for up to 5 s; the
+//! WAL is checkpointed and the store thread ends. Every step that writes is a committed transaction, so a
 //! kill at any point leaves the store consistent and the next start closes
 //! what was left open.
 
@@ -41,6 +44,8 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Board(#[from] crate::board::BoardError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -60,6 +65,8 @@ pub struct Running {
     pub redirect_addr: Option<SocketAddr>,
     /// Set on first boot only: the generated admin password.
     pub first_admin_password: Option<String>,
+    /// The board profile in use (`board` / `--board`).
+    pub board: Option<crate::board::BoardProfile>,
     handle: axum_server::Handle<SocketAddr>,
     server: JoinHandle<std::io::Result<()>>,
     redirect: Option<(axum_server::Handle<SocketAddr>, JoinHandle<std::io::Result<()>>)>,
@@ -90,6 +97,8 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         let _ = self.shutdown_tx.send(true);
+        // The room's camera and microphone first: they leave the room while the SFU still runs.
+        self.state.device.stop().await;
         if let Some(sfu) = &self.state.sfu {
             sfu.shutdown().await;
         }
@@ -140,7 +149,8 @@ pub async fn wait_for_signal() {
 }
 
 /// Start everything; returns once the server listens.
-pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
+pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
+    let board = crate::profile::apply_board(&mut cfg)?;
     let problems = cfg.validate();
     if !problems.is_empty() {
         let text: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
@@ -200,16 +210,31 @@ pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
         }
     };
 
-    // MEDIA SEAM: `RoomMedia::start(&sfu, &cfg.room, &media_cfg, &metrics.registry)`
-    // goes here once the capture pipeline is merged; `Device` then forwards to it.
-    let device = Arc::new(Device::detached("the capture pipeline is not part of this build yet"));
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let recorder = EventRecorder { store: store.clone(), metrics: metrics.clone() };
+    let device = Arc::new(Device::new(&cfg.room, &cfg.media));
+    // Subscribed before the room media joins, so its join is recorded too.
+    let recorder = EventRecorder::new(store.clone(), metrics.clone(), Some(device.clone()));
     let events = match &sfu {
         Some(s) => tokio::spawn(recorder.run(s.events(), Some(s.clone()))),
         None => tokio::spawn(async {}),
     };
+
+    // The room's camera and microphone, into the box's room. A pipeline that
+    // cannot start leaves the daemon serving; /readyz and the device API say why.
+    match (&sfu, cfg.media.enabled) {
+        (_, false) => tracing::info!("room media disabled (media.enabled = false)"),
+        (None, true) => device.media_failed("the SFU is not running"),
+        (Some(sfu), true) => {
+            match crate::media::RoomMedia::start(sfu, &cfg.room, &cfg.media, &metrics.registry).await {
+                Ok(m) => device.attach_media(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "the room media did not start; /readyz reports not ready");
+                    device.media_failed(&e.to_string());
+                }
+            }
+        }
+    }
+    start_panel(board.as_ref(), &device);
 
     let state: SharedState = Arc::new(AppState {
         cfg: cfg.clone(),
@@ -297,6 +322,7 @@ pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
         addr,
         tls,
         first_admin_password,
+        board,
         handle,
         server,
         redirect_addr: redirect.as_ref().map(|r| r.2),
@@ -305,6 +331,37 @@ pub async fn start(cfg: DaemonConfig) -> Result<Running, DaemonError> {
         events,
         background,
     })
+}
+
+/// The button panel: the board's GPIO lines when it has them (feature `gpio`),
+/// else a simulated panel the admin page can press. A GPIO chip that cannot be
+/// opened falls back to the simulated panel (logged), so the box still runs.
+fn start_panel(board: Option<&crate::board::BoardProfile>, device: &Arc<Device>) {
+    use crate::device::Panel;
+    use crate::gpio::{PanelConfig, SimulatedPanel};
+    let gpio = board.and_then(|b| b.gpio());
+    #[cfg(feature = "gpio")]
+    if let Some(g) = gpio {
+        match crate::gpio::linux::open_panel(g, device.control()) {
+            Ok(handle) => {
+                tracing::info!(chip = %g.chip, button = g.button.line, "button panel on GPIO lines");
+                device.attach_panel(Panel::Gpio { handle, chip: g.chip.clone() });
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the board's GPIO lines cannot be used; the panel is simulated")
+            }
+        }
+    }
+    #[cfg(not(feature = "gpio"))]
+    if gpio.is_some() {
+        tracing::warn!("this build has no GPIO support (feature `gpio`); the panel is simulated");
+    }
+    let cfg = gpio.map(PanelConfig::from_profile).unwrap_or_default();
+    match SimulatedPanel::spawn(cfg, device.control()) {
+        Ok(p) => device.attach_panel(Panel::Simulated(p)),
+        Err(e) => tracing::error!(error = %e, "no button panel"),
+    }
 }
 
 fn redirect_to_https(req: &axum::extract::Request, port: u16) -> axum::response::Response {

@@ -14,6 +14,7 @@
 //! | [`tls`] | the owner's certificate or a self-signed one made on first boot |
 //! | [`events`] | SFU room events → store rows and metrics |
 //! | [`media`] | the room camera, microphone and speakers: capture, H.264/Opus, AEC, in-process publish |
+//! | [`profile`] | a board profile applied to the config: media defaults, SFU capacity |
 //! | [`board`] | board profiles (`boards/*.toml`): SoC, camera, audio, GPIO lines, capacity |
 //! | [`gpio`] | the mute button and LEDs: a sans-IO panel over `embedded-hal` |
 //! | [`daemon`] | start, run, graceful shutdown; the demo |
@@ -43,5 +44,6 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod names;
+pub mod profile;
 pub mod store;
 pub mod tls;

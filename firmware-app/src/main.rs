@@ -261,6 +261,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("roombox demo is running (data in {}).", info.data_dir.display());
                 println!("Open:      {}/", info.url);
                 println!("Join link: {}", info.join_link);
+                let media = running.state.device.state().media;
+                println!("Room:      participant `{}` in room demo: {}", media.identity, media.detail);
                 if let Some(p) = &info.admin_password {
                     println!("Admin:     user admin, password {p}  ({}/admin)", info.url);
                 }

@@ -24,7 +24,8 @@ use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sfu_core::RoomEvent;
+
+use crate::events::MeetingChange;
 
 /// The seed's histogram buckets, seconds.
 pub const DURATION_BUCKETS: [f64; 6] = [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0];
@@ -70,7 +71,10 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
             &labels,
         )?;
-        let participants = IntGauge::new("roombox_participants", "Participants connected now, all rooms.")?;
+        let participants = IntGauge::new(
+            "roombox_participants",
+            "People in meetings now, all rooms (the room camera not counted).",
+        )?;
         let logins = IntCounterVec::new(
             Opts::new("roombox_logins_total", "Login attempts by outcome."),
             &["outcome"],
@@ -121,24 +125,25 @@ impl Metrics {
         })
     }
 
-    /// Update from one room event. Pure bookkeeping; no I/O.
-    pub fn observe(&self, ev: &RoomEvent) {
+    /// Update from one meeting change (see [`crate::events::Meetings`]). Pure
+    /// bookkeeping; no I/O. Local participants (the room camera) are not people.
+    pub fn meeting_change(&self, ch: &MeetingChange) {
         let l = [self.region.as_str(), self.server_id.as_str()];
-        match ev {
-            RoomEvent::RoomOpened { room, .. } => {
+        match ch {
+            MeetingChange::Started { room, .. } => {
                 if let Ok(mut open) = self.open_rooms.lock() {
                     open.insert(room.clone());
                     self.active_meetings.with_label_values(&l).set(open.len() as i64);
                 }
             }
-            RoomEvent::RoomClosed { room, .. } => {
+            MeetingChange::Ended { room, .. } => {
                 if let Ok(mut open) = self.open_rooms.lock() {
                     open.remove(room);
                     self.active_meetings.with_label_values(&l).set(open.len() as i64);
                 }
             }
-            RoomEvent::ParticipantJoined { .. } => self.participants.inc(),
-            RoomEvent::ParticipantLeft { duration, .. } => {
+            MeetingChange::Joined { local: false, .. } => self.participants.inc(),
+            MeetingChange::Left { local: false, duration, .. } => {
                 self.participants.dec();
                 self.participants_duration.with_label_values(&l).observe(duration.as_secs_f64());
             }
@@ -157,6 +162,11 @@ impl Metrics {
 
     pub fn active_meetings(&self) -> i64 {
         self.active_meetings.with_label_values(&[&self.region, &self.server_id]).get()
+    }
+
+    /// People in meetings now (`roombox_participants`).
+    pub fn people(&self) -> i64 {
+        self.participants.get()
     }
 
     pub fn duration_count(&self) -> u64 {
@@ -265,8 +275,8 @@ mod tests {
 
     use super::*;
 
-    fn joined(room: &str, id: &str, s: u64) -> RoomEvent {
-        RoomEvent::ParticipantJoined {
+    fn joined(room: &str, id: &str, s: u64) -> MeetingChange {
+        MeetingChange::Joined {
             room: room.into(),
             identity: id.into(),
             session: s,
@@ -275,11 +285,11 @@ mod tests {
         }
     }
 
-    fn left(room: &str, id: &str, s: u64, secs: u64) -> RoomEvent {
-        RoomEvent::ParticipantLeft {
+    fn left(room: &str, s: u64, secs: u64) -> MeetingChange {
+        MeetingChange::Left {
             room: room.into(),
-            identity: id.into(),
             session: s,
+            local: false,
             reason: sfu_core::LeaveReason::Left,
             duration: Duration::from_secs(secs),
             at: SystemTime::UNIX_EPOCH,
@@ -287,16 +297,24 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_metrics_move_with_room_events() {
+    fn the_seed_metrics_move_with_meetings() {
         let m = Metrics::new("hq", "box-1", None).unwrap();
         let t = SystemTime::UNIX_EPOCH;
-        m.observe(&RoomEvent::RoomOpened { room: "a".into(), at: t });
-        m.observe(&joined("a", "alice", 1));
-        m.observe(&RoomEvent::RoomOpened { room: "b".into(), at: t });
-        m.observe(&RoomEvent::RoomOpened { room: "b".into(), at: t });
-        assert_eq!(m.active_meetings(), 2, "a repeated open counts once");
-        m.observe(&left("a", "alice", 1, 400));
-        m.observe(&RoomEvent::RoomClosed { room: "a".into(), at: t });
+        m.meeting_change(&MeetingChange::Started { room: "a".into(), at: t });
+        m.meeting_change(&joined("a", "alice", 1));
+        m.meeting_change(&MeetingChange::Joined {
+            room: "a".into(),
+            identity: "room".into(),
+            session: 9,
+            local: true,
+            at: t,
+        });
+        m.meeting_change(&MeetingChange::Started { room: "b".into(), at: t });
+        m.meeting_change(&MeetingChange::Started { room: "b".into(), at: t });
+        assert_eq!(m.active_meetings(), 2, "a repeated start counts once");
+        assert_eq!(m.participants.get(), 1, "the room camera is not a person");
+        m.meeting_change(&left("a", 1, 400));
+        m.meeting_change(&MeetingChange::Ended { room: "a".into(), at: t });
         assert_eq!(m.active_meetings(), 1);
         assert_eq!(m.duration_count(), 1);
         let text = m.render().unwrap();

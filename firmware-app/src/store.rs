@@ -123,6 +123,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_at ON audit_log(at);
     "#,
+    // 2: display credentials (the room TV's durable, revocable login).
+    r#"
+    CREATE TABLE displays (
+        id           INTEGER PRIMARY KEY,
+        room         TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        secret_hash  BLOB NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        last_used_at INTEGER,
+        revoked_at   INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -518,6 +531,18 @@ pub struct RecordingRow {
     pub ended_at: Option<i64>,
     /// Upload state when queued (`pending`, `uploading`, `done`, `failed`).
     pub upload: Option<String>,
+}
+
+/// A display credential (the secret itself is never stored, only its SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DisplayRow {
+    pub id: i64,
+    pub room: String,
+    pub name: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
 }
 
 /// One audit entry.
@@ -1002,6 +1027,74 @@ pub mod q {
             params![key, value, at],
         )?;
         Ok(())
+    }
+
+    pub fn create_display(
+        c: &Connection,
+        room: &str,
+        name: &str,
+        secret_hash: &[u8],
+        by: &str,
+        at: i64,
+    ) -> Result<DisplayRow, StoreError> {
+        c.execute(
+            "INSERT INTO displays(room, name, secret_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![room, name, secret_hash, at, by],
+        )?;
+        let id = c.last_insert_rowid();
+        Ok(DisplayRow {
+            id,
+            room: room.to_owned(),
+            name: name.to_owned(),
+            created_at: at,
+            created_by: by.to_owned(),
+            last_used_at: None,
+            revoked_at: None,
+        })
+    }
+
+    fn display_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DisplayRow> {
+        Ok(DisplayRow {
+            id: r.get(0)?,
+            room: r.get(1)?,
+            name: r.get(2)?,
+            created_at: r.get(3)?,
+            created_by: r.get(4)?,
+            last_used_at: r.get(5)?,
+            revoked_at: r.get(6)?,
+        })
+    }
+
+    const DISPLAY_COLS: &str = "id, room, name, created_at, created_by, last_used_at, revoked_at";
+
+    pub fn list_displays(c: &Connection) -> Result<Vec<DisplayRow>, StoreError> {
+        let mut st = c.prepare_cached(&format!("SELECT {DISPLAY_COLS} FROM displays ORDER BY id"))?;
+        let rows = st.query_map([], display_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The display with this secret hash, revoked or not.
+    pub fn find_display(c: &Connection, secret_hash: &[u8]) -> Result<Option<DisplayRow>, StoreError> {
+        let mut st =
+            c.prepare_cached(&format!("SELECT {DISPLAY_COLS} FROM displays WHERE secret_hash = ?1"))?;
+        Ok(st.query_row([secret_hash], display_row).optional()?)
+    }
+
+    pub fn touch_display(c: &Connection, id: i64, at: i64) -> Result<(), StoreError> {
+        c.execute("UPDATE displays SET last_used_at = ?2 WHERE id = ?1", params![id, at])?;
+        Ok(())
+    }
+
+    /// Revoke a display; returns its row (`NotFound` when there is none).
+    pub fn revoke_display(c: &Connection, id: i64, at: i64) -> Result<DisplayRow, StoreError> {
+        c.execute(
+            "UPDATE displays SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id, at],
+        )?;
+        let mut st = c.prepare_cached(&format!("SELECT {DISPLAY_COLS} FROM displays WHERE id = ?1"))?;
+        st.query_row([id], display_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("display {id}")))
     }
 
     pub fn audit(

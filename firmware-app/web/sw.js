@@ -3,7 +3,7 @@
 // answers a join link from cache with stale tokens (query strings are
 // ignored when matching the shell, and the network is tried first for pages).
 
-const CACHE = 'roombox-shell-v1';
+const CACHE = 'roombox-shell-v2';
 const SHELL = [
   '/',
   '/display',

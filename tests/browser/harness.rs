@@ -166,7 +166,7 @@ async fn web_client_pages_load_cleanly() -> anyhow::Result<()> {
     let cached: u64 = tab
         .eval_as(
             "(async () => { await navigator.serviceWorker.ready; \
-              const c = await caches.open('roombox-shell-v1'); return (await c.keys()).length; })()",
+              const c = await caches.open('roombox-shell-v2'); return (await c.keys()).length; })()",
         )
         .await?;
     ensure!(cached >= 19, "the service worker cached {cached} shell files");

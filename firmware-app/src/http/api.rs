@@ -11,15 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sfu_core::auth::{Claims, Grants};
-use sfu_core::protocol::TrackKind;
+use sfu_core::protocol::{TrackKind, TrackSource};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, Bearer, ClientIp, ErrorBody, SharedState};
 use crate::auth::{GrantsDto, TokenPair, random_bytes, unix_now};
-use crate::device::{DevicePatch, DeviceState};
+use crate::device::{
+    ButtonAction, ButtonRequest, DevicePatch, DeviceState, GpioButton, GpioError, GpioLed, GpioState,
+};
 use crate::names::{IDENTITY_RULE, ROOM_RULE, valid_identity, valid_room};
-use crate::store::{AuditRow, MeetingRow, RecordingRow, RoomRow, SessionRow, atomic, q};
+use crate::store::{AuditRow, DisplayRow, MeetingRow, RecordingRow, RoomRow, SessionRow, atomic, q};
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
@@ -39,6 +41,11 @@ pub fn routes() -> Router<SharedState> {
         .route("/meetings/{id}/sessions", get(list_sessions))
         .route("/tokens", post(issue_token))
         .route("/device", get(get_device).patch(patch_device))
+        .route("/device/gpio", get(get_gpio))
+        .route("/device/gpio/buttons/{name}", post(press_button))
+        .route("/displays", get(list_displays).post(create_display))
+        .route("/displays/token", post(display_token))
+        .route("/displays/{id}", axum::routing::delete(revoke_display))
         .route("/recordings", get(list_recordings))
         .route("/audit", get(list_audit))
         .route("/status", get(status))
@@ -56,13 +63,18 @@ pub fn routes() -> Router<SharedState> {
         list_rooms, create_room, get_room, join_room,
         list_participants, kick, mute,
         list_meetings, list_sessions,
-        issue_token, get_device, patch_device, list_recordings, list_audit, status,
+        issue_token, get_device, patch_device, get_gpio, press_button,
+        list_displays, create_display, display_token, revoke_display,
+        list_recordings, list_audit, status,
     ),
     components(schemas(
         ErrorBody, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
         RoomView, CreateRoom, JoinRequest, JoinResponse, Participant, ParticipantTrack, MuteRequest, MediaKind,
-        MeetingRow, SessionRow, TokenRequest, TokenResponse, DeviceState, DevicePatch, RecordingRow, AuditRow,
-        Status, SfuStatus,
+        TrackSourceKind, MeetingRow, SessionRow, TokenRequest, TokenResponse, DeviceState, DevicePatch,
+        crate::device::MediaStatus, crate::device::PipelineStatus, crate::device::DeviceHealth,
+        GpioState, GpioLed, GpioButton, ButtonRequest, ButtonAction,
+        DisplayRow, CreateDisplay, DisplayCreated, DisplayTokenRequest, DisplayToken,
+        RecordingRow, AuditRow, Status, SfuStatus,
     )),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
@@ -448,8 +460,37 @@ pub struct Participant {
 pub struct ParticipantTrack {
     pub id: String,
     pub kind: MediaKind,
+    /// What the track carries (a person's camera, a shared screen, the room camera…).
+    pub source: TrackSourceKind,
     pub codec: String,
     pub muted: bool,
+}
+
+/// What a track shows or carries.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSourceKind {
+    Camera,
+    Microphone,
+    Screen,
+    ScreenAudio,
+    /// The appliance's own room camera.
+    RoomCamera,
+    /// The appliance's own room microphone.
+    RoomMicrophone,
+}
+
+impl From<TrackSource> for TrackSourceKind {
+    fn from(s: TrackSource) -> Self {
+        match s {
+            TrackSource::Camera => TrackSourceKind::Camera,
+            TrackSource::Microphone => TrackSourceKind::Microphone,
+            TrackSource::Screen => TrackSourceKind::Screen,
+            TrackSource::ScreenAudio => TrackSourceKind::ScreenAudio,
+            TrackSource::RoomCamera => TrackSourceKind::RoomCamera,
+            TrackSource::RoomMicrophone => TrackSourceKind::RoomMicrophone,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -497,6 +538,7 @@ async fn list_participants(
                     .map(|t| ParticipantTrack {
                         id: t.id,
                         kind: t.kind.into(),
+                        source: t.source.into(),
                         codec: t.codec,
                         muted: t.muted,
                     })
@@ -506,10 +548,12 @@ async fn list_participants(
     ))
 }
 
-/// Remove a participant from a room. Room admins only.
+/// Remove a participant from a room. Room admins only. The box's own room
+/// participant cannot be removed (409): mute it instead.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/kick", tag = "participants",
     params(("room" = String, Path), ("identity" = String, Path)),
-    responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody),
+        (status = 409, description = "The box's own camera and microphone", body = ErrorBody)))]
 async fn kick(
     State(s): State<SharedState>,
     Bearer(c): Bearer,
@@ -518,6 +562,13 @@ async fn kick(
     room_name(&room)?;
     identity_name(&identity)?;
     need_room_admin(&c, &room)?;
+    if room == s.device.room() && identity == s.device.identity() && s.device.media_running() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "room_participant",
+            "the box's own camera and microphone cannot be removed; mute them or turn the camera off (PATCH /api/v1/device)",
+        ));
+    }
     let sfu = s.sfu.as_ref().ok_or_else(ApiError::sfu_unavailable)?;
     sfu.kick(&room, &identity, &format!("removed by {}", c.sub)).await?;
     audit(&s, &c.sub, "kick", &format!("{room}/{identity}"), None).await;
@@ -532,6 +583,8 @@ pub struct MuteRequest {
 }
 
 /// Mute (or unmute) a participant's audio or video in the SFU. Room admins only.
+/// For the box's own room participant this is the device switch (audio stopped
+/// at the source, the camera's privacy slate), as `PATCH /api/v1/device`.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/mute", tag = "participants",
     params(("room" = String, Path), ("identity" = String, Path)), request_body = MuteRequest,
     responses((status = 204, description = "Done"), (status = 404, body = ErrorBody)))]
@@ -544,6 +597,17 @@ async fn mute(
     room_name(&room)?;
     identity_name(&identity)?;
     need_room_admin(&c, &room)?;
+    // The box's own camera and microphone: the same switches as the device API
+    // and the button (audio stops at the source, the camera shows its slate).
+    if room == s.device.room() && identity == s.device.identity() && s.device.media_running() {
+        match req.kind {
+            MediaKind::Audio => s.device.set_mic_muted(req.muted),
+            MediaKind::Video => s.device.set_camera_off(req.muted),
+        }
+        audit(&s, &c.sub, if req.muted { "mute" } else { "unmute" }, &format!("{room}/{identity}"), None)
+            .await;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let sfu = s.sfu.as_ref().ok_or_else(ApiError::sfu_unavailable)?;
     let kind = match req.kind {
         MediaKind::Audio => TrackKind::Audio,
@@ -698,6 +762,151 @@ async fn patch_device(
     let st = s.device.apply(&p);
     audit(&s, &c.sub, "device", &s.cfg.room, serde_json::to_string(&p).ok()).await;
     Ok(axum::Json(st))
+}
+
+/// The button panel: LEDs and buttons (`simulated` when the box has no GPIO lines).
+#[utoipa::path(get, path = "/api/v1/device/gpio", tag = "device",
+    responses((status = 200, body = GpioState), (status = 404, description = "No panel", body = ErrorBody)))]
+async fn get_gpio(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<GpioState>, ApiError> {
+    need_room(&c, &s.cfg.room)?;
+    s.device.gpio().map(axum::Json).ok_or_else(|| ApiError::not_found("this box has no button panel"))
+}
+
+/// Press, release or click a button of the simulated panel (the demo, boards
+/// without GPIO lines). A click toggles the room microphone; holding past the
+/// long-press time turns microphone and camera off (privacy). Room admins only.
+#[utoipa::path(post, path = "/api/v1/device/gpio/buttons/{name}", tag = "device",
+    params(("name" = String, Path, description = "`mute`")), request_body = ButtonRequest,
+    responses(
+        (status = 200, description = "The panel after the action", body = GpioState),
+        (status = 404, description = "No such button", body = ErrorBody),
+        (status = 409, description = "Real GPIO lines: not pressable through the API", body = ErrorBody),
+    ))]
+async fn press_button(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ButtonRequest>,
+) -> Result<axum::Json<GpioState>, ApiError> {
+    need_room_admin(&c, &s.cfg.room)?;
+    s.device.button(&name, req.action).map_err(|e| match e {
+        GpioError::NotSimulated => ApiError::new(StatusCode::CONFLICT, "not_simulated", e.to_string()),
+        GpioError::NoPanel | GpioError::NoSuchButton(_) => ApiError::not_found(e.to_string()),
+    })?;
+    if req.action != ButtonAction::Release {
+        let action = format!("{:?}", req.action).to_lowercase();
+        audit(&s, &c.sub, "gpio_button", &name, Some(action)).await;
+    }
+    s.device.gpio().map(axum::Json).ok_or_else(|| ApiError::not_found("this box has no button panel"))
+}
+
+// ---------------------------------------------------------------------------
+// Displays (the room TV's durable credential)
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDisplay {
+    pub room: String,
+    /// For people (`"TV"`, `"Board room screen"`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DisplayCreated {
+    pub display: DisplayRow,
+    /// The secret the TV keeps; shown only now.
+    pub credential: String,
+    /// The page to open on the TV: `/display#room=ROOM&display=CREDENTIAL`.
+    pub path: String,
+}
+
+/// Make a durable credential for a room's TV (`/display`). It never expires:
+/// the page exchanges it for 15-minute subscribe-only tokens until it is
+/// revoked (`DELETE /api/v1/displays/{id}`). Admins of that room.
+#[utoipa::path(post, path = "/api/v1/displays", tag = "displays", request_body = CreateDisplay,
+    responses((status = 201, body = DisplayCreated), (status = 403, body = ErrorBody)))]
+async fn create_display(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiJson(req): ApiJson<CreateDisplay>,
+) -> Result<(StatusCode, axum::Json<DisplayCreated>), ApiError> {
+    room_name(&req.room)?;
+    need_room_admin(&c, &req.room)?;
+    let name = req.name.unwrap_or_else(|| "TV".into());
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("bad_request", "name: 1 to 64 printable characters"));
+    }
+    let (display, credential) = s.auth.create_display(&req.room, &name, &c.sub, unix_now()).await?;
+    let path = format!("/display#room={}&display={credential}", req.room);
+    Ok((StatusCode::CREATED, axum::Json(DisplayCreated { display, credential, path })))
+}
+
+/// Every display credential (revoked ones too). Admins only.
+#[utoipa::path(get, path = "/api/v1/displays", tag = "displays",
+    responses((status = 200, body = Vec<DisplayRow>)))]
+async fn list_displays(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<Vec<DisplayRow>>, ApiError> {
+    need_box_admin(&c)?;
+    Ok(axum::Json(s.store.call(|db| q::list_displays(db)).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayTokenRequest {
+    pub credential: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DisplayToken {
+    pub token: String,
+    pub identity: String,
+    pub room: String,
+    pub expires_in: u64,
+}
+
+/// Exchange a display credential for a short subscribe-only access token
+/// (the `/display` page does this before each expiry).
+#[utoipa::path(post, path = "/api/v1/displays/token", tag = "displays", security(()),
+    request_body = DisplayTokenRequest,
+    responses(
+        (status = 200, body = DisplayToken),
+        (status = 401, description = "Unknown or revoked credential", body = ErrorBody),
+    ))]
+async fn display_token(
+    State(s): State<SharedState>,
+    ApiJson(req): ApiJson<DisplayTokenRequest>,
+) -> Result<axum::Json<DisplayToken>, ApiError> {
+    let (token, claims, row) = s.auth.display_token(&req.credential, unix_now()).await?;
+    Ok(axum::Json(DisplayToken {
+        token,
+        identity: claims.sub.clone(),
+        room: row.room,
+        expires_in: claims.exp - claims.iat,
+    }))
+}
+
+/// Revoke a display credential: no new tokens for it, the tokens it holds are
+/// refused, and the TV is removed from its room now. Admins only.
+#[utoipa::path(delete, path = "/api/v1/displays/{id}", tag = "displays", params(("id" = i64, Path)),
+    responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody)))]
+async fn revoke_display(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    need_box_admin(&c)?;
+    let row = s.auth.revoke_display(id, &c.sub, unix_now()).await?;
+    if let Some(sfu) = &s.sfu {
+        // Its tokens are refused from now on; remove it from the room now too.
+        let _ = sfu.kick(&row.room, &crate::auth::display_identity(id), "this display was revoked").await;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---------------------------------------------------------------------------

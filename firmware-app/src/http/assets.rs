@@ -105,7 +105,7 @@ mod tests {
         let a = resolve("/").expect("index.html embedded");
         assert!(std::str::from_utf8(a.bytes).unwrap().contains("<title>roombox</title>"));
         assert_eq!(content_type(a.path), "text/html; charset=utf-8");
-        assert_eq!(resolve("/display").map(|a| a.path), Some("/index.html"));
+        assert_eq!(resolve("/display").map(|a| a.path), Some("/display.html"));
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub struct Readiness {
 async fn readyz(State(s): State<SharedState>) -> Response {
     let store = s.store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.is_ok();
     let sfu = s.sfu.is_some();
-    let media = s.device.media_running();
+    let media = s.device.media_ready();
     let ready = store && sfu && media;
     let body = Readiness { ready, store, sfu, media };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -235,6 +235,9 @@ impl From<AuthServiceError> for ApiError {
             }
             AuthServiceError::RefreshReuse => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "refresh_token_reused", e.to_string())
+            }
+            AuthServiceError::BadDisplay => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_display_credential", e.to_string())
             }
             AuthServiceError::BadRequest(m) => ApiError::bad_request("bad_request", m),
             AuthServiceError::Store(s) => s.into(),

@@ -152,25 +152,39 @@ pub enum PlaybackConfig {
 impl MediaConfig {
     /// Check the values; every problem is named.
     pub fn validate(&self) -> Result<(), MediaError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            let list: Vec<String> = problems.into_iter().map(|(_, m)| m).collect();
+            Err(MediaError::Config(list.join("; ")))
+        }
+    }
+
+    /// Every problem with the key it is about (`width`, `fps`, `video.formats`, …),
+    /// so a config checker can point at the line.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self.width < 64 || self.height < 64 || self.width > 3840 || self.height > 2160 {
-            problems.push(format!("size {}x{} outside 64x64..3840x2160", self.width, self.height));
+            let key = if self.width < 64 || self.width > 3840 { "width" } else { "height" };
+            problems.push((key, format!("size {}x{} outside 64x64..3840x2160", self.width, self.height)));
         }
         if !self.width.is_multiple_of(4) || !self.height.is_multiple_of(4) {
-            problems.push(format!("size {}x{} must be a multiple of 4", self.width, self.height));
+            let key = if !self.width.is_multiple_of(4) { "width" } else { "height" };
+            problems.push((key, format!("size {}x{} must be a multiple of 4", self.width, self.height)));
         }
         if self.fps == 0 || self.fps > 60 {
-            problems.push(format!("fps {} outside 1..=60", self.fps));
+            problems.push(("fps", format!("fps {} outside 1..=60", self.fps)));
         }
         if !(self.min_bitrate_bps <= self.start_bitrate_bps && self.start_bitrate_bps <= self.max_bitrate_bps)
         {
-            problems.push("bitrates must satisfy min <= start <= max".into());
+            problems.push(("start_bitrate_bps", "bitrates must satisfy min <= start <= max".into()));
         }
         if self.min_bitrate_bps < 30_000 {
-            problems.push("min_bitrate_bps below 30000".into());
+            problems.push(("min_bitrate_bps", "min_bitrate_bps below 30000".into()));
         }
         if self.period_ms != 10 && self.period_ms != 20 {
-            problems.push(format!("period_ms {} must be 10 or 20", self.period_ms));
+            problems.push(("period_ms", format!("period_ms {} must be 10 or 20", self.period_ms)));
         }
         if self.capture_buffer_ms < 4 * self.period_ms || self.capture_buffer_ms > MAX_CAPTURE_BUFFER_MS {
             problems.push(format!(
@@ -180,22 +194,26 @@ impl MediaConfig {
             ));
         }
         if !(6_000..=510_000).contains(&self.opus_bitrate_bps) {
-            problems.push(format!("opus_bitrate_bps {} outside 6000..=510000", self.opus_bitrate_bps));
+            problems.push((
+                "opus_bitrate_bps",
+                format!("opus_bitrate_bps {} outside 6000..=510000", self.opus_bitrate_bps),
+            ));
         }
         if self.identity.is_empty() {
-            problems.push("identity is empty".into());
+            problems.push(("identity", "identity is empty".into()));
         }
         if let VideoSourceConfig::V4l2 { formats, .. } = &self.video {
             for f in formats {
                 if super::v4l2::PixelFormat::from_fourcc_str(f).is_none() {
-                    problems.push(format!("video format {f:?} not one of YUYV, NV12, MJPG"));
+                    problems
+                        .push(("video.formats", format!("video format {f:?} not one of YUYV, NV12, MJPG")));
                 }
             }
             if formats.is_empty() {
-                problems.push("video formats list is empty".into());
+                problems.push(("video.formats", "video formats list is empty".into()));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(MediaError::Config(problems.join("; "))) }
+        problems
     }
 }
 

@@ -71,6 +71,7 @@ use sfu_core::{LocalParticipant, Sfu};
 /// The room's media, running: what the daemon holds.
 pub struct RoomMedia {
     pipeline: Pipeline,
+    clock: MediaClock,
     participant: Arc<LocalParticipant>,
     runtime: tokio::runtime::Handle,
     metrics: metrics::MediaMetrics,
@@ -171,6 +172,7 @@ impl RoomMedia {
             "room media started");
         Ok(RoomMedia {
             pipeline,
+            clock,
             participant,
             runtime,
             metrics: m,
@@ -203,6 +205,11 @@ impl RoomMedia {
 
     pub fn status(&self) -> MediaStatus {
         self.pipeline.status()
+    }
+
+    /// The capture clock: the burnt-in timecode's milliseconds count from its epoch.
+    pub fn clock(&self) -> MediaClock {
+        self.clock
     }
 
     /// Stop the threads, leave the room, unregister the metrics.

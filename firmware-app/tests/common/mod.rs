@@ -26,6 +26,20 @@ pub fn config(dir: &std::path::Path) -> DaemonConfig {
     cfg.sfu.udp_bind = "127.0.0.1:0".parse().unwrap();
     cfg.sfu.tcp_bind = None;
     cfg.sfu.include_loopback = true;
+    // Most tests need no camera: its encoder would only load the machine.
+    cfg.media.enabled = false;
+    cfg
+}
+
+/// [`config`] with the room's synthetic camera and microphone publishing into
+/// room `demo`, small enough to be cheap (320x180 at 15 fps).
+pub fn config_with_media(dir: &std::path::Path) -> DaemonConfig {
+    let mut cfg = config(dir);
+    cfg.media.enabled = true;
+    cfg.media.width = 320;
+    cfg.media.height = 180;
+    cfg.media.fps = 15;
+    cfg.media.start_bitrate_bps = 300_000;
     cfg
 }
 

@@ -1,5 +1,6 @@
-// `/admin`: rooms, live meetings (kick, mute), device health, and the
-// buttons and LEDs (simulated ones can be pressed from here).
+// `/admin`: rooms, live meetings (kick, mute), device health, TV displays
+// (links that last until revoked), and the buttons and LEDs (simulated ones
+// can be pressed from here).
 //
 // Sign in with a user name and password, or open /admin?token=ADMIN_JWT
 // (e.g. from `roomboxd token --room '*' --identity admin --admin`).
@@ -60,6 +61,7 @@ async function start(tokens) {
   $('#link-copy').onclick = () => navigator.clipboard.writeText($('#link-text').value).then(() => showStatus('Copied.'));
   refreshLive();
   refreshDevice();
+  refreshDisplays();
   timers.push(setInterval(refreshLive, LIVE_EVERY_MS), setInterval(refreshDevice, DEVICE_EVERY_MS));
 }
 
@@ -141,7 +143,7 @@ function liveRoom(room, people) {
       const tracks = p.tracks || [];
       const audio = tracks.filter((t) => t.kind === 'audio');
       const video = tracks.filter((t) => t.kind === 'video' && t.source !== 'screen');
-      const label = (t) => t.source || t.kind;
+      const label = (t) => (t.source || t.kind).replace(/_/g, ' ');
       const audioMuted = audio.length > 0 && audio.every((t) => t.muted);
       const videoMuted = video.length > 0 && video.every((t) => t.muted);
       const who = p.name || p.identity;
@@ -191,27 +193,33 @@ async function addRoom(e) {
 }
 
 /**
- * Ask the box for an invite and show the link. Guests: publish and subscribe
- * for 12 h (each person who opens it gets their own identity); the TV:
- * subscribe only, for as long as the box allows (24 h by default).
+ * Ask the box for a link and show it. Guests: an invite to publish and
+ * subscribe for 12 h (each person who opens it gets their own identity). The
+ * TV: a display credential that does not expire (it is exchanged for short
+ * subscribe-only tokens) until it is revoked below.
  */
 async function makeLink(room, kind) {
   const display = kind === 'display';
-  const body = {
-    room, identity: 'invite', grants: { publish: !display, subscribe: true },
-    ttl_secs: display ? 24 * 3600 : 12 * 3600,
-  };
   try {
-    let r;
-    try {
-      r = await call('POST', '/tokens', body);
-    } catch (err) {
-      if (err.status !== 400) throw err;
-      delete body.ttl_secs; // the box allows less: take its default
-      r = await call('POST', '/tokens', body);
+    let url, until = '';
+    if (display) {
+      const r = await call('POST', '/displays', { room, name: `TV of ${room}` });
+      url = `${location.origin}${r.path}`;
+      until = ' (valid until revoked)';
+      refreshDisplays();
+    } else {
+      const body = { room, identity: 'invite', grants: { publish: true, subscribe: true }, ttl_secs: 12 * 3600 };
+      let r;
+      try {
+        r = await call('POST', '/tokens', body);
+      } catch (err) {
+        if (err.status !== 400) throw err;
+        delete body.ttl_secs; // the box allows less: take its default
+        r = await call('POST', '/tokens', body);
+      }
+      url = `${location.origin}/#room=${encodeURIComponent(room)}&token=${encodeURIComponent(r.token)}`;
+      if (r.expires_at) until = ` (valid until ${new Date(r.expires_at * 1000).toLocaleString()})`;
     }
-    const url = `${location.origin}${display ? '/display' : '/'}#room=${encodeURIComponent(room)}&token=${encodeURIComponent(r.token)}`;
-    const until = r.expires_at ? ` (valid until ${new Date(r.expires_at * 1000).toLocaleString()})` : '';
     $('#link-label').textContent = `${display ? 'TV link' : 'Join link'} for ${room}${until}`;
     $('#link-text').value = url;
     $('#link-out').hidden = false;
@@ -219,6 +227,38 @@ async function makeLink(room, kind) {
   } catch (err) {
     showStatus(err.message, 'error');
   }
+}
+
+// ---- TV displays -------------------------------------------------------------
+
+function refreshDisplays() {
+  return section($('#displays'), async () => {
+    const list = ((await call('GET', '/displays')) || []).filter((d) => !d.revoked_at);
+    if (!list.length) {
+      $('#displays').replaceChildren(h('p', { class: 'muted' }, 'No TV links. Make one with "TV link" above.'));
+      return;
+    }
+    const when = (t) => (t ? new Date(t * 1000).toLocaleString() : 'never');
+    $('#displays').replaceChildren(h('ul', { class: 'people' }, list.map((d) => h('li', {},
+      h('span', { class: 'who' }, d.name),
+      h('span', { class: 'tracks muted' }, `${d.room} · last used ${when(d.last_used_at)}`),
+      h('span', { class: 'actions' }, h('button', {
+        type: 'button', class: 'danger', 'aria-label': `Revoke ${d.name}`,
+        onclick: () => revokeDisplay(d),
+      }, 'Revoke')),
+    ))));
+  });
+}
+
+async function revokeDisplay(d) {
+  if (!confirm(`Revoke ${d.name}? That TV leaves the room and needs a new link.`)) return;
+  try {
+    await call('DELETE', `/displays/${d.id}`);
+    showStatus(`${d.name} was revoked.`);
+  } catch (err) {
+    showStatus(err.message, 'error');
+  }
+  refreshDisplays();
 }
 
 // ---- device ----------------------------------------------------------------

@@ -4,13 +4,16 @@
 // their logs); `/?room=R&token=T` works too. The token is removed from the
 // address bar once read, so a screenshot or a shared screen does not leak it.
 //
-// Three kinds of token arrive here:
+// Four kinds of credential arrive here:
 //  * an **invite** (identity `invite`, e.g. the demo's link): exchanged at
 //    `POST /api/v1/rooms/{room}/join` for a personal token with a unique guest
 //    identity; renewed by the same call naming that identity;
 //  * an access token with a **refresh token** (admin sign-in): renewed at
 //    `POST /api/v1/auth/refresh`, which rotates the refresh token;
-//  * a plain access token (`roomboxd token …`): used until it expires.
+//  * a plain access token (`roomboxd token …`): used until it expires;
+//  * a **display credential** (`/display#room=R&display=rbd_…`, the admin
+//    page's "TV link"): never expires; exchanged at `POST /api/v1/displays/token`
+//    for short subscribe-only tokens until an admin revokes it.
 //
 // `refreshAccessToken` is the one function that knows these endpoints.
 
@@ -35,10 +38,11 @@ export function readJoinLink(loc = location, { remember = true } = {}) {
   const q = new URLSearchParams(loc.search);
   const f = new URLSearchParams(loc.hash.replace(/^#/, ''));
   const get = (k) => f.get(k) ?? q.get(k);
-  const link = { room: get('room'), token: get('token'), refresh: get('refresh'), name: get('name'), autojoin: get('autojoin') === '1' };
-  if (q.has('token') || q.has('refresh') || f.has('token') || f.has('refresh')) {
+  const link = { room: get('room'), token: get('token'), refresh: get('refresh'), display: get('display'), name: get('name'), autojoin: get('autojoin') === '1' };
+  if (['token', 'refresh', 'display'].some((k) => q.has(k) || f.has(k))) {
     q.delete('token');
     q.delete('refresh');
+    q.delete('display');
     if (!q.has('room') && link.room) q.set('room', link.room);
     const keep = q.toString();
     history.replaceState(null, '', loc.pathname + (keep ? '?' + keep : ''));
@@ -47,11 +51,11 @@ export function readJoinLink(loc = location, { remember = true } = {}) {
   // A reload of this tab rejoins with the same link (sessionStorage dies with the tab).
   if (!remember) return link;
   try {
-    if (link.token) {
+    if (link.token || link.display) {
       sessionStorage.setItem(LINK_KEY, JSON.stringify(link));
     } else {
       const saved = JSON.parse(sessionStorage.getItem(LINK_KEY) || 'null');
-      if (saved && saved.token && (!link.room || link.room === saved.room)) {
+      if (saved && (saved.token || saved.display) && (!link.room || link.room === saved.room)) {
         return { ...saved, name: link.name ?? saved.name, autojoin: link.autojoin || saved.autojoin };
       }
     }
@@ -88,6 +92,10 @@ async function postJson(path, body, bearer) {
  * the HTTP status (401: the invite or refresh token is no longer valid).
  */
 export async function refreshAccessToken(t) {
+  if (t.display) {
+    const r = await postJson('/api/v1/displays/token', { credential: t.display });
+    return { access: r.token, identity: r.identity };
+  }
   if (t.invite) {
     const body = {};
     if (t.name) body.name = t.name;
@@ -126,7 +134,8 @@ export class TokenKeeper extends EventTarget {
   /** From a join link: an invite is kept aside and exchanged; anything else is the access token. */
   static fromLink(link, { name } = {}) {
     const t = { room: link.room, name: name || link.name || null, refresh: link.refresh || null };
-    if (isInvite(link.token)) t.invite = link.token;
+    if (link.display) t.display = link.display;
+    else if (isInvite(link.token)) t.invite = link.token;
     else t.access = link.token;
     return new TokenKeeper(t);
   }
@@ -193,7 +202,7 @@ export class TokenKeeper extends EventTarget {
   _schedule() {
     clearTimeout(this.timer);
     const c = this.claims;
-    if (this.stopped || typeof c.exp !== 'number' || !(this.t.invite || this.t.refresh)) return;
+    if (this.stopped || typeof c.exp !== 'number' || !(this.t.invite || this.t.refresh || this.t.display)) return;
     const life = typeof c.iat === 'number' ? c.exp - c.iat : 900;
     const margin = Math.min(REFRESH_MARGIN_S, life / 4);
     // After a failure, try again sooner (but not in a tight loop).

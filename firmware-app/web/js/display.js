@@ -1,6 +1,9 @@
 // `/display`: the muted full-screen view on the room's TV.
 //
-// Link: /display#room=R&token=T with a subscribe-only token (an invite is
+// Link: /display#room=R&display=CREDENTIAL (the admin page's "TV link": a
+// durable credential exchanged for 15-minute tokens until it is revoked; kept
+// in localStorage, so the TV comes back after a reload or a power cut), or
+// /display#room=R&token=T with a subscribe-only token (an invite is
 // exchanged, joining as "Room display", which the grids do not show). Only video is
 // subscribed (the box's speakers play the remote people; the TV must not, or
 // the room hears them twice). It never gives up: after a refusal it tries
@@ -15,9 +18,15 @@ import { showStatus } from './ui.js';
 const RETRY_AFTER_REFUSAL_MS = 30000;
 const $ = (s) => document.querySelector(s);
 
+const DISPLAY_KEY = 'roombox.display';
 const link = readJoinLink();
-if (!link.token || !link.room) {
-  showStatus('Open this page with the display link from the admin page: /display?room=ROOM&token=TOKEN', 'error');
+try {
+  // The TV's credential outlives the tab: keep it for the next start of the browser.
+  if (link.display && link.room) localStorage.setItem(DISPLAY_KEY, JSON.stringify({ room: link.room, display: link.display }));
+  else if (!link.token) Object.assign(link, JSON.parse(localStorage.getItem(DISPLAY_KEY) || '{}'));
+} catch { /* storage disabled */ }
+if (!(link.token || link.display) || !link.room) {
+  showStatus('Open this page with the display link (the admin page\'s "TV link"): /display#room=ROOM&display=CREDENTIAL', 'error');
 } else {
   run();
 }
