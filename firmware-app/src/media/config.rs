@@ -187,10 +187,13 @@ impl MediaConfig {
             problems.push(("period_ms", format!("period_ms {} must be 10 or 20", self.period_ms)));
         }
         if self.capture_buffer_ms < 4 * self.period_ms || self.capture_buffer_ms > MAX_CAPTURE_BUFFER_MS {
-            problems.push(format!(
-                "capture_buffer_ms {} outside {}..={MAX_CAPTURE_BUFFER_MS} (4 periods to the pipeline's catch-up limit)",
-                self.capture_buffer_ms,
-                4 * self.period_ms
+            problems.push((
+                "capture_buffer_ms",
+                format!(
+                    "capture_buffer_ms {} outside {}..={MAX_CAPTURE_BUFFER_MS} (4 periods to the pipeline's catch-up limit)",
+                    self.capture_buffer_ms,
+                    4 * self.period_ms
+                ),
             ));
         }
         if !(6_000..=510_000).contains(&self.opus_bitrate_bps) {
