@@ -61,7 +61,11 @@ pub(super) const PACKET_OVERHEAD: usize = 12 + 10 + 8 + 20;
 /// str0m's pacer queue is a plain `VecDeque` that paces at the bandwidth
 /// estimate; its only limit is to raise the pacing rate (past the estimate,
 /// past the link) once packets wait 2 s on average, and only while the
-/// driver keeps up polling it. This bound holds regardless.
+/// driver keeps up polling it. This bound holds regardless. Measured with
+/// `roombox-bench run --family room --n 24|32` (release, shared 2-core box,
+/// one run each, bound vs the same build with it disabled): RSS 141 vs
+/// 1646 MB (24x24) and 271 vs 1450 MB (32x32); forwarded 6814 vs 1836 and
+/// 4881 vs 2314 packets/s; median latency 2.4 vs 31.9 s and 5.3 vs 14.2 s.
 pub const SEND_QUEUE_MAX_PACKETS: usize = 512;
 /// ... or when its oldest unsent packet has waited this long: media later
 /// than this is not worth queueing more behind (what is queued still drains
