@@ -4,15 +4,32 @@
 //!
 //! The pipeline never relies on ALSA for pacing (alsa-lib's `type file` PCM,
 //! used by the tests, reads and writes as fast as it is called).
+//!
+//! Buffers: the microphone's is [`MediaConfig::capture_buffer_ms`]
+//! (default [`DEFAULT_CAPTURE_BUFFER_MS`]): headroom for a stalled capture
+//! thread, not latency, since every period is read as soon as it is there.
+//! The speakers' is 8 periods: there the buffer *is* latency (and the echo
+//! canceller's delay).
+//!
+//! [`MediaConfig::capture_buffer_ms`]: super::MediaConfig::capture_buffer_ms
 
 use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
 use super::MediaError;
+use super::config::DEFAULT_CAPTURE_BUFFER_MS;
 use super::frame::AUDIO_RATE;
 use super::source::{AudioSink, AudioSource};
 
-fn open_pcm(device: &str, dir: Direction, period_frames: usize) -> Result<PCM, MediaError> {
+/// Speakers: 8 periods of buffer (80 or 160 ms).
+const PLAYBACK_BUFFER_PERIODS: usize = 8;
+
+/// Frames in `ms` at 48 kHz.
+pub fn frames_in_ms(ms: u32) -> usize {
+    (AUDIO_RATE as usize) * ms as usize / 1000
+}
+
+fn open_pcm(device: &str, dir: Direction, period_frames: usize, buffer_frames: usize) -> Result<PCM, MediaError> {
     let err = |what: &str, e: alsa::Error| MediaError::AudioDevice {
         device: device.to_owned(),
         detail: format!("{what}: {e}"),
@@ -26,7 +43,8 @@ fn open_pcm(device: &str, dir: Direction, period_frames: usize) -> Result<PCM, M
         hw.set_rate(AUDIO_RATE, ValueOr::Nearest).map_err(|e| err("48 kHz", e))?;
         hw.set_period_size_near(period_frames as alsa::pcm::Frames, ValueOr::Nearest)
             .map_err(|e| err("period", e))?;
-        hw.set_buffer_size_near((period_frames * 8) as alsa::pcm::Frames).map_err(|e| err("buffer", e))?;
+        hw.set_buffer_size_near(buffer_frames.max(2 * period_frames) as alsa::pcm::Frames)
+            .map_err(|e| err("buffer", e))?;
         pcm.hw_params(&hw).map_err(|e| err("apply hw params", e))?;
     }
     if dir == Direction::Playback {
@@ -101,28 +119,55 @@ fn transfer(
 pub struct AlsaCapture {
     device: String,
     period: usize,
+    buffer: usize,
     pcm: Option<PCM>,
     xruns: u64,
 }
 
 impl AlsaCapture {
+    /// Open with the default buffer ([`DEFAULT_CAPTURE_BUFFER_MS`]).
     pub fn open(device: &str, period_frames: usize) -> Result<AlsaCapture, MediaError> {
-        let pcm = open_pcm(device, Direction::Capture, period_frames)?;
-        Ok(AlsaCapture { device: device.to_owned(), period: period_frames, pcm: Some(pcm), xruns: 0 })
+        AlsaCapture::open_buffered(device, period_frames, frames_in_ms(DEFAULT_CAPTURE_BUFFER_MS))
     }
-}
 
-impl AlsaCapture {
+    /// Open with a buffer of about `buffer_frames` (the device rounds it).
+    pub fn open_buffered(
+        device: &str,
+        period_frames: usize,
+        buffer_frames: usize,
+    ) -> Result<AlsaCapture, MediaError> {
+        let pcm = open_pcm(device, Direction::Capture, period_frames, buffer_frames)?;
+        Ok(AlsaCapture {
+            device: device.to_owned(),
+            period: period_frames,
+            buffer: buffer_frames,
+            pcm: Some(pcm),
+            xruns: 0,
+        })
+    }
+
     /// A microphone that may be absent now: it starts lost and the pipeline
     /// retries it every second (the room still publishes its camera).
-    pub fn open_or_lost(device: &str, period_frames: usize) -> AlsaCapture {
-        match AlsaCapture::open(device, period_frames) {
+    pub fn open_or_lost(device: &str, period_frames: usize, buffer_frames: usize) -> AlsaCapture {
+        match AlsaCapture::open_buffered(device, period_frames, buffer_frames) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(device, error = %e, "microphone not available; will retry");
-                AlsaCapture { device: device.to_owned(), period: period_frames, pcm: None, xruns: 0 }
+                AlsaCapture {
+                    device: device.to_owned(),
+                    period: period_frames,
+                    buffer: buffer_frames,
+                    pcm: None,
+                    xruns: 0,
+                }
             }
         }
+    }
+
+    /// The period and buffer the device granted, in frames (`None` while lost).
+    pub fn granted(&self) -> Option<(usize, usize)> {
+        let hw = self.pcm.as_ref()?.hw_params_current().ok()?;
+        Some((hw.get_period_size().ok()? as usize, hw.get_buffer_size().ok()? as usize))
     }
 }
 
@@ -141,7 +186,7 @@ impl AudioSource for AlsaCapture {
         self.xruns
     }
     fn reopen(&mut self) -> Result<(), MediaError> {
-        self.pcm = Some(open_pcm(&self.device, Direction::Capture, self.period)?);
+        self.pcm = Some(open_pcm(&self.device, Direction::Capture, self.period, self.buffer)?);
         tracing::info!(device = %self.device, "microphone back");
         Ok(())
     }
@@ -160,7 +205,8 @@ pub struct AlsaPlayback {
 
 impl AlsaPlayback {
     pub fn open(device: &str, period_frames: usize) -> Result<AlsaPlayback, MediaError> {
-        let pcm = open_pcm(device, Direction::Playback, period_frames)?;
+        let pcm =
+            open_pcm(device, Direction::Playback, period_frames, period_frames * PLAYBACK_BUFFER_PERIODS)?;
         Ok(AlsaPlayback { device: device.to_owned(), period: period_frames, pcm: Some(pcm), xruns: 0 })
     }
 }
@@ -193,7 +239,12 @@ impl AudioSink for AlsaPlayback {
         self.xruns
     }
     fn reopen(&mut self) -> Result<(), MediaError> {
-        self.pcm = Some(open_pcm(&self.device, Direction::Playback, self.period)?);
+        self.pcm = Some(open_pcm(
+            &self.device,
+            Direction::Playback,
+            self.period,
+            self.period * PLAYBACK_BUFFER_PERIODS,
+        )?);
         tracing::info!(device = %self.device, "speakers back");
         Ok(())
     }

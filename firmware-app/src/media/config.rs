@@ -20,6 +20,16 @@ use serde::{Deserialize, Serialize};
 
 use super::MediaError;
 
+/// The microphone's default ALSA buffer (ms). 8 periods (the first version)
+/// overran under emulation whenever the capture thread was descheduled for
+/// 160 ms; 400 ms rides through such stalls at no cost in latency.
+pub const DEFAULT_CAPTURE_BUFFER_MS: u32 = 400;
+/// The largest microphone buffer (ms): the pipeline catches up a backlog of
+/// up to this long and re-anchors its sample clock beyond it
+/// ([`super::pipeline`]'s microphone thread), so a larger buffer could turn a
+/// long stall into permanent delay.
+pub const MAX_CAPTURE_BUFFER_MS: u32 = 500;
+
 /// The whole media section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +57,14 @@ pub struct MediaConfig {
     pub playback: PlaybackConfig,
     /// ALSA period for capture and playback: 10 or 20 ms.
     pub period_ms: u32,
+    /// ALSA buffer of the microphone, in ms: how long the capture thread may
+    /// stall (a loaded board, a slow SD card, an emulator) before samples are
+    /// lost. It costs no steady-state latency: each period is read as soon as
+    /// the device has it, and a backlog after a stall is sent at once with its
+    /// own capture times. At least 4 periods, at most
+    /// [`MAX_CAPTURE_BUFFER_MS`] (beyond that the pipeline re-anchors its
+    /// clock instead of catching up, and the backlog would become latency).
+    pub capture_buffer_ms: u32,
     /// Opus target bitrate.
     pub opus_bitrate_bps: u32,
     /// Opus discontinuous transmission: no packets while the room is quiet.
@@ -76,6 +94,7 @@ impl Default for MediaConfig {
             audio: AudioSourceConfig::Synthetic,
             playback: PlaybackConfig::None,
             period_ms: 10,
+            capture_buffer_ms: DEFAULT_CAPTURE_BUFFER_MS,
             opus_bitrate_bps: 32_000,
             opus_dtx: true,
             aec: true,
@@ -167,6 +186,16 @@ impl MediaConfig {
         if self.period_ms != 10 && self.period_ms != 20 {
             problems.push(("period_ms", format!("period_ms {} must be 10 or 20", self.period_ms)));
         }
+        if self.capture_buffer_ms < 4 * self.period_ms || self.capture_buffer_ms > MAX_CAPTURE_BUFFER_MS {
+            problems.push((
+                "capture_buffer_ms",
+                format!(
+                    "capture_buffer_ms {} outside {}..={MAX_CAPTURE_BUFFER_MS} (4 periods to the pipeline's catch-up limit)",
+                    self.capture_buffer_ms,
+                    4 * self.period_ms
+                ),
+            ));
+        }
         if !(6_000..=510_000).contains(&self.opus_bitrate_bps) {
             problems.push((
                 "opus_bitrate_bps",
@@ -237,6 +266,13 @@ mod tests {
         let c = MediaConfig { fps: 0, period_ms: 5, ..MediaConfig::default() };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("fps 0") && e.contains("period_ms 5"), "{e}");
+        for ms in [79, 501] {
+            let c = MediaConfig { period_ms: 20, capture_buffer_ms: ms, ..MediaConfig::default() };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("capture_buffer_ms {ms} outside 80..=500")), "{e}");
+        }
+        let c = MediaConfig { period_ms: 20, capture_buffer_ms: 80, ..MediaConfig::default() };
+        c.validate().unwrap();
         let c = MediaConfig {
             video: VideoSourceConfig::V4l2 { device: "/dev/video0".into(), formats: vec!["H264".into()] },
             ..MediaConfig::default()

@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 use sfu_core::LocalPacket;
 
 use super::audio::{Mixer, OpusEncoder};
-use super::config::{AudioSourceConfig, MediaConfig, PlaybackConfig, VideoSourceConfig};
+use super::config::{
+    AudioSourceConfig, MAX_CAPTURE_BUFFER_MS, MediaConfig, PlaybackConfig, VideoSourceConfig,
+};
 use super::frame::{AUDIO_FRAME_SAMPLES, AUDIO_RATE, VideoFrame, scale_into};
 use super::h264::{DEFAULT_MTU, H264Encoder, H264Packetizer};
 use super::metrics::MediaMetrics;
@@ -113,7 +115,11 @@ impl Devices {
             AudioSourceConfig::File { path } => Box::new(WavAudio::open(path)?),
             #[cfg(feature = "alsa")]
             AudioSourceConfig::Alsa { device } => {
-                Box::new(super::alsa_io::AlsaCapture::open(device, period)?)
+                Box::new(super::alsa_io::AlsaCapture::open_buffered(
+                    device,
+                    period,
+                    super::alsa_io::frames_in_ms(cfg.capture_buffer_ms),
+                )?)
             }
             #[cfg(not(feature = "alsa"))]
             AudioSourceConfig::Alsa { .. } => {
@@ -328,8 +334,15 @@ impl VideoPublisher {
         let ts = self.clock.rtp_video(frame.capture_time);
         let (mut sent, mut refused, mut any_key) = (0, 0, false);
         for (layer, (enc, scaled, seq)) in self.layers.iter_mut().enumerate() {
-            scale_into(frame, scaled);
-            let Some(pic) = enc.encode(scaled)? else { continue };
+            // The full-size layer encodes the captured frame itself: a copy of a
+            // 720p frame is ~1.4 MB of memory traffic per frame for nothing.
+            let input = if frame.width == scaled.width && frame.height == scaled.height {
+                frame
+            } else {
+                scale_into(frame, scaled);
+                &*scaled
+            };
+            let Some(pic) = enc.encode(input)? else { continue };
             if let Some(m) = metrics {
                 m.encode_seconds
                     .with_label_values(&["h264", &layer.to_string()])
@@ -686,12 +699,14 @@ fn mic_thread(
         // caught up (the device buffered those samples, or a generated source
         // makes them now), keeping every sample at its capture time; samples
         // really lost (an overrun) or a device clock drifted far from ours
-        // re-anchor the sample clock to now.
+        // re-anchor the sample clock to now. A device buffer longer than this
+        // catch-up window could hold a backlog that re-anchoring would keep
+        // as delay, hence config's MAX_CAPTURE_BUFFER_MS.
         let end = at(anchor, n + period as u64);
         let now = Instant::now();
         if end > now + Duration::from_millis(2) {
             sleep_until(end, &shared.stop);
-        } else if overran || now > end + Duration::from_millis(500) {
+        } else if overran || now > end + Duration::from_millis(MAX_CAPTURE_BUFFER_MS as u64) {
             // samples were lost or the clocks drifted apart: this chunk ends now
             anchor = now - period_dur;
             anchor_ts = clock.rtp_audio(anchor);

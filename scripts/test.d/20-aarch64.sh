@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Extra step of scripts/test: roomboxd for 64-bit ARM boards, built here and tested under qemu-user.
+#   1. scripts/cross-aarch64 setup: rustup target, cross gcc/g++, qemu-user-static, and
+#      libasound2-dev:arm64 (adds the arm64 dpkg architecture first); idempotent.
+#   2. roomboxd cross-built; its stripped size printed.
+#   3. the unit tests (--lib --bins) of the crates that run on a board -- sfu-core, firmware-app,
+#      cloud-bridge and tests/vm's probe (its openh264/Opus round trips) -- built for aarch64 and
+#      run by qemu-aarch64-static. bench and the tests/ harness crate run on the host only
+#      (emulated timings mean nothing; the harness drives x86 Chromium), and leaving them out
+#      keeps their dev-dependencies (criterion, ...) out of the cross build.
+#
+# Profile: CI builds roomboxd with the `dev` profile (AARCH64_CI_PROFILE, default dev): it shares
+# every dependency with the unit tests' build, so the step compiles the dependency tree for aarch64
+# once. The shipped binary is the `image` profile's (LTO, one codegen unit, opt-level s: a cold
+# build of that alone took 13.7 min here), which `scripts/cross-aarch64 build` makes and
+# docs/boards.md records; set AARCH64_CI_PROFILE=image to have CI build and size that one instead.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+start=$SECONDS
+scripts/cross-aarch64 setup
+t=$SECONDS
+scripts/cross-aarch64 build "${AARCH64_CI_PROFILE:-dev}"
+build_s=$((SECONDS - t)); t=$SECONDS
+scripts/cross-aarch64 test -p sfu-core -p firmware-app -p cloud-bridge -p roombox-vm-probe --lib --bins
+test_s=$((SECONDS - t))
+echo "==> 20-aarch64: passed in $((SECONDS - start)) s (build ${build_s} s, unit tests under qemu ${test_s} s)"

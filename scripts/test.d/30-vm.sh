@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Extra step of scripts/test: the capture code against real kernel drivers, in a VM.
+# Boots Debian's x86_64 kernel under qemu (TCG; KVM does not work here) with vivid, snd-dummy and
+# snd-aloop, and runs tests/vm's probe: frames from vivid and samples through snd-aloop go through
+# the daemon's media pipeline (capture, H.264/Opus encode, decode) with counts and content checked.
+# Needs root (apt, the first time) and about one core for a few minutes; see docs/boards.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+start=$SECONDS
+scripts/vm-test setup x86_64   # idempotent: installs only what is missing
+scripts/vm-test run x86_64
+echo "==> 30-vm: VM test passed in $((SECONDS - start)) s"
