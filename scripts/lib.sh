@@ -1,8 +1,10 @@
 # Shared by scripts/demo and scripts/test. Sourced, not run.
 # Installs the Debian packages a step needs, or says exactly what is missing.
 
-# Building roomboxd (alsa-sys, bundled libopus via cmake, bindgen via clang).
-BUILD_PACKAGES="build-essential pkg-config cmake clang libclang-dev libasound2-dev ca-certificates"
+# Building roomboxd (alsa-sys, bundled libopus via cmake, bindgen via clang, the
+# bundled echo canceller via autotools, openh264's x86 SIMD assembly via nasm:
+# without nasm openh264 builds silently as plain C++ and encodes several times slower).
+BUILD_PACKAGES="build-essential pkg-config cmake clang libclang-dev libasound2-dev ca-certificates autoconf automake libtool nasm"
 # Running every test: real peers and tools (Chromium as a WebRTC peer, network
 # namespaces, promtool for /metrics, an MQTT broker).
 TEST_PACKAGES="chromium iproute2 iptables prometheus mosquitto mosquitto-clients"

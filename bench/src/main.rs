@@ -46,6 +46,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// roombox itself: the very server code of sfu-core's `sfu` binary
+    /// (`sfu_core::standalone`), so the bench measures the sfu-core this binary
+    /// was built with (started by the bench as its own process).
+    Sfu {
+        /// TOML configuration file (the `sfu` binary's format).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The floor relay itself (started by the bench as its own process).
     Floor {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -65,9 +73,6 @@ struct Common {
     /// Address for media (loopback, or a veth address inside a namespace).
     #[arg(long, default_value = "127.0.0.1")]
     ip: IpAddr,
-    /// The `sfu` binary (default: next to this binary).
-    #[arg(long, env = "ROOMBOX_SFU_BIN")]
-    sfu_bin: Option<PathBuf>,
     /// Where JSON, SVG and logs go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -85,27 +90,15 @@ struct Common {
 impl Common {
     fn env(&self) -> anyhow::Result<Env> {
         let self_exe = std::env::current_exe()?;
-        let sfu_bin = self
-            .sfu_bin
-            .clone()
-            .or_else(|| self_exe.parent().map(|d| d.join("sfu")))
-            .filter(|p| p.exists());
         std::fs::create_dir_all(&self.out)?;
-        Ok(Env { ip: self.ip, sfu_bin, self_exe, work: self.out.join("work"), callgrind: self.callgrind })
+        Ok(Env { ip: self.ip, self_exe, work: self.out.join("work"), callgrind: self.callgrind })
     }
 
-    fn kinds(&self, env: &Env) -> Vec<Kind> {
+    fn kinds(&self) -> Vec<Kind> {
         self.servers
             .split(',')
             .filter_map(|s| Kind::parse(s.trim()))
             .filter(|k| match k {
-                Kind::Roombox => {
-                    let ok = env.sfu_bin.is_some();
-                    if !ok {
-                        eprintln!("skipping roombox: no sfu binary (build it, or pass --sfu-bin)");
-                    }
-                    ok
-                }
                 Kind::Janus => {
                     let ok = roombox_bench::janus::Janus::available();
                     if !ok {
@@ -113,7 +106,7 @@ impl Common {
                     }
                     ok
                 }
-                Kind::Floor => true,
+                Kind::Floor | Kind::Roombox => true,
             })
             .collect()
     }
@@ -125,6 +118,7 @@ impl Common {
             window: Duration::from_secs_f64(self.window),
             profile: Profile::default(),
             join_deadline: Duration::from_secs(if self.callgrind { 60 } else { 15 }),
+            subscribe_budget: Duration::from_secs(if self.callgrind { 360 } else { 90 }),
         }
     }
 }
@@ -135,10 +129,11 @@ fn main() -> anyhow::Result<()> {
     ).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Sfu { config } => sfu_core::standalone::run_from_config(&config),
         Cmd::Floor { http, udp, batch } => floor::run(FloorConfig { http, udp, batch }),
         Cmd::Smoke(c) => runtime()?.block_on(smoke(c)),
         Cmd::Run { c, family, n, repeat } => runtime()?.block_on(run_one(c, &family, n, repeat)),
-        Cmd::Suite { c, doc, repeat } => runtime()?.block_on(roombox_bench::suite::suite(c.env()?, c.kinds(&c.env()?), doc, repeat, |w| c.spec(w), &c.out)),
+        Cmd::Suite { c, doc, repeat } => runtime()?.block_on(roombox_bench::suite::suite(c.env()?, c.kinds(), doc, repeat, |w| c.spec(w), &c.out)),
     }
 }
 
@@ -150,7 +145,16 @@ async fn smoke(c: Common) -> anyhow::Result<()> {
     let env = c.env()?;
     let mut bad = Vec::new();
     println!("{}", report::header());
-    for k in c.kinds(&env) {
+    // A requested server this machine cannot run is a failure here, never a silent pass.
+    let runnable = c.kinds();
+    for name in c.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match Kind::parse(name) {
+            None => bad.push(format!("{name}: unknown server (floor, roombox, janus)")),
+            Some(k) if !runnable.contains(&k) => bad.push(format!("{name}: not runnable here (janus: apt-get install -y janus)")),
+            Some(_) => {}
+        }
+    }
+    for k in runnable {
         let mut spec = c.spec(Workload::Fanout(2));
         spec.window = Duration::from_secs_f64(c.window.min(2.0));
         spec.warmup = Duration::from_millis(300);
@@ -181,9 +185,10 @@ async fn run_one(c: Common, family: &str, n: usize, repeat: usize) -> anyhow::Re
     println!("{}", report::header());
     let mut all = Vec::new();
     for _ in 0..repeat {
-        for k in c.kinds(&env) {
+        for k in c.kinds() {
             let r = scenario::run(k, &env, &c.spec(w)).await.with_context(|| format!("{} {}", k.name(), w.label()))?;
             println!("{}", report::row(&r));
+            println!("  RSS: server {:.1} MB, bench clients {:.1} MB", r.rss_kb as f64 / 1024.0, r.client_rss_kb as f64 / 1024.0);
             if let Some(i) = r.instructions_per_pkt {
                 println!("  {}: {i:.0} instructions per forwarded packet (callgrind, window only)", k.name());
             }

@@ -1,4 +1,7 @@
-//! roombox under test: the `sfu` binary started from a TOML config, reached
+//! roombox under test: `roombox-bench sfu --config FILE` — sfu-core's own
+//! server code (`sfu_core::standalone::run_from_config`, what the `sfu` binary
+//! runs), linked into this binary so the bench always measures the sfu-core it
+//! was built with — started as its own process from a TOML config and reached
 //! over WHIP/WHEP with HS256 tokens the bench signs itself.
 
 use std::net::SocketAddr;
@@ -19,7 +22,7 @@ pub fn token(room: &str, identity: &str) -> anyhow::Result<String> {
     Ok(sign_hs256(&Claims::new(identity, room, grants, now, 3600), SECRET)?)
 }
 
-/// A running `sfu` process.
+/// A running roombox (`roombox-bench sfu`) process.
 pub struct Roombox {
     pub child: Child,
     pub http: SocketAddr,
@@ -36,9 +39,9 @@ impl Roombox {
         format!("http://{}", self.http)
     }
 
-    /// Start `bin` (the `sfu` binary) with a config written into `dir`.
-    /// Waits until its HTTP port answers.
-    pub fn start(bin: &Path, dir: &Path, http: SocketAddr, udp: SocketAddr, callgrind: bool) -> anyhow::Result<Roombox> {
+    /// Start `bench` (this binary) as `bench sfu --config …` with a config
+    /// written into `dir`. Waits until its HTTP port answers.
+    pub fn start(bench: &Path, dir: &Path, http: SocketAddr, udp: SocketAddr, callgrind: bool) -> anyhow::Result<Roombox> {
         std::fs::create_dir_all(dir)?;
         let secret = dir.join("jwt.secret");
         std::fs::write(&secret, SECRET)?;
@@ -47,15 +50,16 @@ impl Roombox {
         let path = dir.join("sfu.toml");
         std::fs::write(&path, cfg)?;
         let log = std::fs::File::create(dir.join("sfu.log"))?;
-        let mut cmd = crate::scenario::wrapped(bin, dir, callgrind);
+        let mut cmd = crate::scenario::wrapped(bench, dir, callgrind);
         let child = cmd
+            .arg("sfu")
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {} sfu", bench.display()))?;
         let mut rb = Roombox { child, http, udp, dir: dir.to_path_buf() };
         let deadline = std::time::Instant::now() + Duration::from_secs(if callgrind { 60 } else { 15 });
         while std::net::TcpStream::connect_timeout(&http, Duration::from_millis(200)).is_err() {
@@ -64,7 +68,7 @@ impl Roombox {
             }
             if std::time::Instant::now() > deadline {
                 rb.stop();
-                bail!("sfu did not listen on {http} within 15 s");
+                bail!("sfu did not listen on {http} in time; see {}", dir.join("sfu.log").display());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -94,7 +98,7 @@ impl Drop for Roombox {
     }
 }
 
-/// The `sfu` binary's config for a bench run: loopback HTTP, media on `udp`
+/// The `sfu` config for a bench run: loopback HTTP, media on `udp`
 /// only (ICE-TCP on the same address), limits raised so the bench measures
 /// forwarding, not refusals. The HS256 secret goes to `secret_file`.
 pub fn config_toml(http: SocketAddr, udp: SocketAddr, tcp: SocketAddr, secret_file: &Path) -> String {

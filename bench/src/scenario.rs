@@ -106,9 +106,8 @@ impl Workload {
 pub struct Env {
     /// The address clients and servers use (loopback, or a veth address in a namespace).
     pub ip: IpAddr,
-    /// The `sfu` binary (roombox), if built.
-    pub sfu_bin: Option<PathBuf>,
-    /// This binary, to start the floor as its own process.
+    /// This binary: it starts the floor (`roombox-bench floor`) and roombox
+    /// (`roombox-bench sfu`, sfu-core's own server code) as their own processes.
     pub self_exe: PathBuf,
     /// Scratch directory for configs and logs.
     pub work: PathBuf,
@@ -163,6 +162,9 @@ pub struct Spec {
     pub profile: Profile,
     /// Give up waiting for every subscriber's first packet after this long.
     pub join_deadline: Duration,
+    /// The whole subscribe phase (every WHEP/Janus subscription) gets at most
+    /// this long; later subscriptions are skipped and the run is marked.
+    pub subscribe_budget: Duration,
 }
 
 /// Everything measured in one run.
@@ -194,6 +196,9 @@ pub struct RunResult {
     pub join_max_ms: f64,
     pub rss_kb_idle: u64,
     pub rss_kb: u64,
+    /// The bench process's own RSS (every client) at the end of the window:
+    /// tells a server-side backlog (server RSS grows) from a client-side one.
+    pub client_rss_kb: u64,
     pub client_errors: u64,
     pub unstamped: u64,
     pub sent_by_publishers: u64,
@@ -281,7 +286,7 @@ impl Server {
                 })
             }
             Kind::Roombox => {
-                let bin = env.sfu_bin.clone().ok_or_else(|| anyhow!("the sfu binary is not built"))?;
+                let bin = env.self_exe.clone();
                 let http = SocketAddr::new(loopback, free_port_tcp(loopback)?);
                 let udp = SocketAddr::new(env.ip, free_port_udp(env.ip)?);
                 let cg = env.callgrind;
@@ -453,7 +458,7 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
     // the join budget the rest of the subscriptions are skipped (and reported).
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let give_up_after = (pairs.len() / 10).max(8);
-    let join_budget = Instant::now() + spec.join_deadline * 6;
+    let join_budget = Instant::now() + spec.subscribe_budget;
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(pairs.iter().cloned())
         .map(|(p, who)| {
             let server = server.clone();
@@ -545,6 +550,7 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         join_max_ms: join_max,
         rss_kb_idle: idle.rss_kb,
         rss_kb: b.rss_kb,
+        client_rss_kb: measure::sample(std::process::id()).map(|s| s.rss_kb).unwrap_or(0),
         client_errors: r.peers.iter().map(|p| p.errors).sum(),
         unstamped: subs.iter().map(|p| p.unstamped).sum(),
         sent_by_publishers: r.peers.iter().filter(|p| p.publisher).map(|p| p.sent).sum(),

@@ -1,9 +1,12 @@
 //! The bench never rots: a tiny load through every server this machine can
 //! run, checking that packets flowed (never how fast).
 //!
-//! The floor always runs (on loopback). roombox runs when the `sfu` binary has
-//! been built next to this test's binary; Janus when it is installed and this
-//! process may make a network namespace (libnice gathers no loopback candidates).
+//! The floor and roombox always run (on loopback): roombox is
+//! `roombox-bench sfu`, sfu-core's own server code linked into the bench
+//! binary, so `cargo test -p roombox-bench` exercises the sfu-core of this
+//! tree. Janus runs inside a network namespace (libnice gathers no loopback
+//! candidates); it is a declared dependency (`scripts/test.d/bench.packages`),
+//! so when it is missing that test fails and says so.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,35 +38,42 @@ fn pps_of(table: &str, server: &str) -> f64 {
 fn packets_flow_through_the_floor_relay() {
     let dir = out_dir("floor");
     let text = run_smoke(Command::new(bench()).args(["smoke", "--servers", "floor", "--window", "1", "--out"]).arg(&dir));
-    // One publisher, two subscribers of its top layer: 2 × (120 video + 50 audio) packets/s.
+    // `smoke` itself fails unless every subscription received packets; never a speed check.
     let pps = pps_of(&text, "floor");
-    assert!(pps > 200.0, "floor forwarded only {pps} packets/s:\n{text}");
+    assert!(pps > 0.0, "floor forwarded nothing:\n{text}");
     assert!(text.contains("packets flowed through every server"));
 }
 
 #[test]
-fn packets_flow_through_roombox_when_its_binary_is_built() {
-    let sfu = bench().parent().unwrap().join("sfu");
-    if !sfu.exists() {
-        eprintln!("no sfu binary at {}; build it (cargo build -p sfu-core --bin sfu) to smoke-test roombox", sfu.display());
-        return;
-    }
+fn packets_flow_through_roombox() {
     let dir = out_dir("roombox");
-    let text = run_smoke(Command::new(bench()).args(["smoke", "--servers", "roombox", "--window", "1", "--out"]).arg(&dir).arg("--sfu-bin").arg(&sfu));
-    assert!(pps_of(&text, "roombox") > 200.0, "{text}");
+    let text = run_smoke(Command::new(bench()).args(["smoke", "--servers", "roombox", "--window", "1", "--out"]).arg(&dir));
+    let pps = pps_of(&text, "roombox");
+    assert!(pps > 0.0, "roombox forwarded nothing:\n{text}");
+    assert!(text.contains("packets flowed through every server"));
 }
 
+/// Janus is a declared test dependency (`scripts/test.d/bench.packages`, which
+/// `scripts/test` installs before `cargo test --workspace`), so a missing janus
+/// fails this test with the fix in the message rather than passing unnoticed.
+/// `ROOMBOX_BENCH_SKIP_JANUS=1` skips it explicitly (a developer box without root).
 #[test]
-fn packets_flow_through_janus_when_it_is_installed() {
-    if !std::path::Path::new("/usr/bin/janus").exists() {
-        eprintln!("janus is not installed (apt-get install -y janus); skipping its smoke run");
+fn packets_flow_through_janus() {
+    if std::env::var_os("ROOMBOX_BENCH_SKIP_JANUS").is_some_and(|v| v == "1") {
+        eprintln!("ROOMBOX_BENCH_SKIP_JANUS=1: janus smoke skipped on request");
         return;
     }
+    assert!(
+        std::path::Path::new("/usr/bin/janus").exists(),
+        "janus is not installed: apt-get install -y janus (scripts/test installs it from \
+         scripts/test.d/bench.packages), or set ROOMBOX_BENCH_SKIP_JANUS=1 to skip this test explicitly"
+    );
     let can_unshare = Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success());
-    if !can_unshare {
-        eprintln!("cannot make a network namespace here; skipping the janus smoke run");
-        return;
-    }
+    assert!(
+        can_unshare,
+        "cannot make a network namespace (unshare -n needs root); Janus needs a veth address \
+         because libnice gathers no loopback candidates. Run as root, or set ROOMBOX_BENCH_SKIP_JANUS=1"
+    );
     let dir = out_dir("janus");
     let script = "ip link set lo up; ip link add bench0 type veth peer name bench1; \
                   ip addr add 10.254.0.1/24 dev bench0; ip link set bench0 up; ip link set bench1 up; exec \"$@\"";
@@ -74,5 +84,6 @@ fn packets_flow_through_janus_when_it_is_installed() {
             .args(["smoke", "--servers", "janus", "--ip", "10.254.0.1", "--window", "1", "--out"])
             .arg(&dir),
     );
-    assert!(pps_of(&text, "janus") > 200.0, "{text}");
+    assert!(pps_of(&text, "janus") > 0.0, "janus forwarded nothing:\n{text}");
+    assert!(text.contains("packets flowed through every server"));
 }

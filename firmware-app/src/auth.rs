@@ -36,7 +36,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use sfu_core::auth::{AuthError, Claims, Grants, RevocationCheck, TokenVerifier, sign_hs256};
+use sfu_core::auth::{AuthError, Claims, Grants, RevocationCheck, TokenCheck, TokenVerifier, sign_hs256};
 
 use crate::config::{AuthConfig, OidcConfig};
 use crate::store::{Role, Store, StoreError, atomic, q};
@@ -438,6 +438,15 @@ impl Auth {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// [`verify`](Self::verify), then check that the token is for `room`.
+    pub fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        let claims = self.verify(token, now)?;
+        if !claims.allows_room(room) {
+            return Err(AuthError::WrongRoom { token_room: claims.room, room: room.to_owned() });
+        }
+        Ok(claims)
     }
 
     /// Sign an access token.
@@ -915,6 +924,14 @@ pub async fn jwks_refresher(auth: Arc<Auth>, mut shutdown: tokio::sync::watch::R
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// The SFU's signaling (WHIP, WHEP, the room protocol) accepts what the API
+/// accepts: the box's own tokens with revocation, then the identity provider's.
+impl TokenCheck for Auth {
+    fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        Auth::verify_for_room(self, token, room, now)
     }
 }
 

@@ -202,7 +202,7 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
 
     // The SFU. While it cannot start the daemon still serves (the API, the
     // admin page) and /readyz says why it is not ready.
-    let sfu = match sfu_core::Sfu::start(cfg.sfu.clone(), auth.local_verifier(), &metrics.registry).await {
+    let sfu = match sfu_core::Sfu::start(cfg.sfu.clone(), auth.clone(), &metrics.registry).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "the SFU did not start; /readyz reports not ready");

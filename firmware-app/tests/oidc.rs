@@ -107,6 +107,23 @@ async fn provider_tokens_verify_and_key_confusion_is_refused() {
     assert_eq!(d.get("/api/v1/rooms/demo", Some(&rs256(&other, &idp_claims()))).await.status(), 401);
     // The provider's token is still bound to its room.
     assert_eq!(d.get("/api/v1/rooms/boardroom", Some(&good)).await.status(), 403);
+
+    // The SFU's signaling takes the same tokens: WHEP with the provider's token gets
+    // past auth to the SDP check (400 for this offer), a forged one stops at 401.
+    let whep = |token: String| {
+        d.client
+            .post(d.url("/whep/demo"))
+            .bearer_auth(token)
+            .header("content-type", "application/sdp")
+            .body("v=0\r\nnot an offer\r\n")
+            .send()
+    };
+    assert_eq!(whep(good.clone()).await.unwrap().status(), 400, "provider token accepted by WHEP");
+    let forged = sign_hs256(&idp_claims(), idp.public_pem.as_bytes()).unwrap();
+    assert_eq!(whep(forged).await.unwrap().status(), 401, "forged token refused by WHEP");
+    let mut c = idp_claims();
+    c.room = "boardroom".into();
+    assert_eq!(whep(rs256(&idp, &c)).await.unwrap().status(), 403, "provider token for another room");
     d.running.shutdown().await;
 }
 

@@ -12,12 +12,22 @@
 //! that says `HS256` is never checked against an RSA public key used as an HMAC
 //! secret (the classic HS-vs-RS confusion), and `alg: none` is never accepted.
 //!
+//! Each key may carry its own expected issuer and audience (an identity
+//! provider's JWKS is added with the provider's `iss` and `aud`, see
+//! [`TokenVerifier::with_jwks_for`]); keys without use the verifier-wide ones.
+//!
+//! The SFU does not insist on this type: it checks tokens through the
+//! [`TokenCheck`] trait, which [`TokenVerifier`], [`LiveVerifier`] (a
+//! verifier replaced at run time, e.g. when a JWKS is refreshed) and any
+//! `Arc<T: TokenCheck>` implement, so an embedding service can hand it its
+//! own, live, token service.
+//!
 //! Time is a parameter: [`TokenVerifier::verify`] takes `now` as Unix seconds and
 //! checks `exp`/`nbf` itself, so tests do not depend on the wall clock.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -144,12 +154,50 @@ pub trait RevocationCheck: Send + Sync + 'static {
     fn is_revoked(&self, claims: &Claims) -> bool;
 }
 
+/// How the SFU checks the bearer token of a request for a room: signature,
+/// lifetime, issuer/audience, revocation, and that the token is for `room`
+/// (`now` is Unix seconds). Implemented by [`TokenVerifier`], [`LiveVerifier`]
+/// and `Arc<T>`; [`crate::Sfu::start`] takes any implementation.
+pub trait TokenCheck: Send + Sync {
+    fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError>;
+}
+
+impl<T: TokenCheck + ?Sized> TokenCheck for Arc<T> {
+    fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        (**self).verify_for_room(token, room, now)
+    }
+}
+
+impl<T: TokenCheck + ?Sized> TokenCheck for Box<T> {
+    fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        (**self).verify_for_room(token, room, now)
+    }
+}
+
+/// Who issued the keys of a set and for whom: a token verified by one of
+/// those keys must carry this `iss` (and this `aud`, when set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl KeyScope {
+    /// Tokens from `issuer`, for `audience` when it is given.
+    pub fn new(issuer: impl Into<String>, audience: Option<&str>) -> Self {
+        KeyScope { issuer: Some(issuer.into()), audience: audience.map(str::to_owned) }
+    }
+}
+
 #[derive(Clone)]
 struct VerifyKey {
     kid: Option<String>,
     /// Algorithms this key may verify (one family only).
     algs: Vec<Algorithm>,
     key: DecodingKey,
+    /// The issuer/audience tokens signed with this key must name; `None`:
+    /// the verifier-wide ones.
+    scope: Option<Arc<KeyScope>>,
 }
 
 /// Verifies access tokens. Cheap to clone (keys are shared).
@@ -206,27 +254,44 @@ impl TokenVerifier {
             kid: None,
             algs: vec![Algorithm::HS256],
             key: DecodingKey::from_secret(secret),
+            scope: None,
         });
         Ok(self)
     }
 
     /// Also accept tokens signed by the keys of an identity provider's JWKS.
     /// Symmetric (`oct`) keys in a JWKS are refused: a JWKS is public.
-    pub fn with_jwks(mut self, set: &JwkSet) -> Result<Self, AuthError> {
+    /// The keys use the verifier-wide issuer/audience ([`with_issuer`](Self::with_issuer)).
+    pub fn with_jwks(self, set: &JwkSet) -> Result<Self, AuthError> {
+        self.add_jwks(set, None)
+    }
+
+    /// Also accept tokens signed by the keys of an identity provider's JWKS,
+    /// but only with the provider's own `iss` (and `aud`, when the scope
+    /// sets one) — whatever the verifier-wide expectations, so the box's own
+    /// tokens and the provider's can each be checked against their issuer.
+    pub fn with_jwks_for(self, set: &JwkSet, scope: KeyScope) -> Result<Self, AuthError> {
+        self.add_jwks(set, Some(Arc::new(scope)))
+    }
+
+    fn add_jwks(mut self, set: &JwkSet, scope: Option<Arc<KeyScope>>) -> Result<Self, AuthError> {
+        let mut keys = Vec::with_capacity(set.keys.len());
         for jwk in &set.keys {
-            let key = jwk_key(jwk)?;
-            Arc::make_mut(&mut self.keys).push(key);
+            let mut key = jwk_key(jwk)?;
+            key.scope = scope.clone();
+            keys.push(key);
         }
+        Arc::make_mut(&mut self.keys).extend(keys);
         Ok(self)
     }
 
-    /// Require this `iss`.
+    /// Require this `iss` (of tokens whose key has no scope of its own).
     pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());
         self
     }
 
-    /// Require this `aud`.
+    /// Require this `aud` (of tokens whose key has no scope of its own).
     pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = Some(audience.into());
         self
@@ -294,15 +359,14 @@ impl TokenVerifier {
                 return Err(AuthError::NotYetValid { nbf, now });
             }
         }
-        if let Some(iss) = &self.issuer {
-            if claims.iss.as_deref() != Some(iss.as_str()) {
-                return Err(AuthError::WrongIssuerOrAudience);
-            }
-        }
-        if let Some(aud) = &self.audience {
-            if claims.aud.as_deref() != Some(aud.as_str()) {
-                return Err(AuthError::WrongIssuerOrAudience);
-            }
+        let (issuer, audience) = match &key.scope {
+            Some(scope) => (scope.issuer.as_ref(), scope.audience.as_ref()),
+            None => (self.issuer.as_ref(), self.audience.as_ref()),
+        };
+        if issuer.is_some_and(|iss| claims.iss.as_deref() != Some(iss.as_str()))
+            || audience.is_some_and(|aud| claims.aud.as_deref() != Some(aud.as_str()))
+        {
+            return Err(AuthError::WrongIssuerOrAudience);
         }
         if claims.sub.is_empty() || claims.room.is_empty() {
             return Err(AuthError::Malformed("empty `sub` or `room`".into()));
@@ -334,6 +398,50 @@ impl Default for TokenVerifier {
     }
 }
 
+impl TokenCheck for TokenVerifier {
+    fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        TokenVerifier::verify_for_room(self, token, room, now)
+    }
+}
+
+/// A [`TokenVerifier`] that can be replaced while the SFU runs (a JWKS
+/// refreshed from the identity provider, a rotated secret): requests in
+/// flight finish with the verifier they started with, new ones use the new one.
+#[derive(Debug, Default)]
+pub struct LiveVerifier {
+    current: RwLock<Arc<TokenVerifier>>,
+}
+
+impl LiveVerifier {
+    pub fn new(verifier: TokenVerifier) -> Self {
+        LiveVerifier { current: RwLock::new(Arc::new(verifier)) }
+    }
+
+    /// Use `verifier` from now on.
+    pub fn replace(&self, verifier: TokenVerifier) {
+        let next = Arc::new(verifier);
+        match self.current.write() {
+            Ok(mut v) => *v = next,
+            // a writer panicked mid-swap: the value is a whole Arc either way
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    /// The verifier in use now.
+    pub fn current(&self) -> Arc<TokenVerifier> {
+        match self.current.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl TokenCheck for LiveVerifier {
+    fn verify_for_room(&self, token: &str, room: &str, now: u64) -> Result<Claims, AuthError> {
+        self.current().verify_for_room(token, room, now)
+    }
+}
+
 fn jwk_key(jwk: &Jwk) -> Result<VerifyKey, AuthError> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm};
     let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthError::InvalidKey(e.to_string()))?;
@@ -361,7 +469,7 @@ fn jwk_key(jwk: &Jwk) -> Result<VerifyKey, AuthError> {
         }
         _ => return Err(AuthError::InvalidKey("unsupported JWK key type".into())),
     };
-    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algs, key })
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algs, key, scope: None })
 }
 
 /// Sign `claims` with a local HS256 secret (the appliance's own key).
@@ -495,6 +603,77 @@ mod tests {
     #[test]
     fn short_secrets_are_refused() {
         assert!(matches!(TokenVerifier::hs256(b"short"), Err(AuthError::InvalidKey(_))));
+    }
+
+    /// Test-only Ed25519 keys of two identity providers (made with `openssl genpkey`).
+    const IDP_A_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIM5SuOwMG5WU4+6bIYsjXXUAwZ4D8MxKvYt3xFI1LijA\n-----END PRIVATE KEY-----\n";
+    const IDP_A_X: &str = "TAQsrMwnr31f9kq4R2HGNLwWwAMpmZDxgAqgz0qvy-Q";
+    const IDP_B_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINxkQUG/wAiWU957LimBoKKnWvRN16+86YStjIsdXmW0\n-----END PRIVATE KEY-----\n";
+    const IDP_B_X: &str = "k6Ertbvo8fkMgXlp0BXpQFvQk76Zuw300INL5BLs7GA";
+
+    fn jwks(kid: &str, x: &str) -> JwkSet {
+        serde_json::from_value(serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x, "alg": "EdDSA", "use": "sig"}]}))
+            .unwrap()
+    }
+
+    fn idp_token(pem: &str, kid: &str, iss: &str, aud: Option<&str>) -> String {
+        let mut c = alice();
+        c.iss = Some(iss.into());
+        c.aud = aud.map(str::to_owned);
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &c, &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// The box's own HS256 tokens (issuer "roombox") and an identity
+    /// provider's EdDSA tokens (its own issuer and audience) in one verifier:
+    /// each is checked against its own issuer, neither passes for the other's.
+    #[test]
+    fn each_key_checks_its_own_issuer_and_audience() {
+        let v = TokenVerifier::hs256(SECRET)
+            .unwrap()
+            .with_issuer("roombox")
+            .with_jwks_for(&jwks("idp-a", IDP_A_X), KeyScope::new("https://idp.example", Some("roombox-sfu")))
+            .unwrap();
+        let mut own = alice();
+        own.iss = Some("roombox".into());
+        assert!(v.verify(&token(&own), NOW).is_ok(), "the box's own token");
+        own.iss = Some("https://idp.example".into());
+        assert_eq!(v.verify(&token(&own), NOW).unwrap_err(), AuthError::WrongIssuerOrAudience, "own key, IdP issuer");
+
+        let t = idp_token(IDP_A_PEM, "idp-a", "https://idp.example", Some("roombox-sfu"));
+        let c = v.verify(&t, NOW).expect("the provider's token with its issuer and audience");
+        assert_eq!(c.sub, "alice");
+        let wrong_iss = idp_token(IDP_A_PEM, "idp-a", "roombox", Some("roombox-sfu"));
+        assert_eq!(v.verify(&wrong_iss, NOW).unwrap_err(), AuthError::WrongIssuerOrAudience, "the box's issuer on an IdP key");
+        let wrong_aud = idp_token(IDP_A_PEM, "idp-a", "https://idp.example", Some("another-app"));
+        assert_eq!(v.verify(&wrong_aud, NOW).unwrap_err(), AuthError::WrongIssuerOrAudience);
+        let no_aud = idp_token(IDP_A_PEM, "idp-a", "https://idp.example", None);
+        assert_eq!(v.verify(&no_aud, NOW).unwrap_err(), AuthError::WrongIssuerOrAudience);
+        // another provider's key under the same kid does not verify
+        let forged = idp_token(IDP_B_PEM, "idp-a", "https://idp.example", Some("roombox-sfu"));
+        assert_eq!(v.verify(&forged, NOW).unwrap_err(), AuthError::BadSignature);
+    }
+
+    /// The SFU checks tokens through `TokenCheck`: a live verifier whose
+    /// JWKS is replaced at run time accepts the new provider key at once and
+    /// refuses the retired one, through the same `Arc<dyn TokenCheck>`.
+    #[test]
+    fn a_live_verifier_takes_a_refreshed_jwks_at_once() {
+        let scope = || KeyScope::new("https://idp.example", None);
+        let live = Arc::new(LiveVerifier::new(TokenVerifier::new().with_jwks_for(&jwks("k1", IDP_A_X), scope()).unwrap()));
+        let check: Arc<dyn TokenCheck> = live.clone();
+        let old = idp_token(IDP_A_PEM, "k1", "https://idp.example", None);
+        let new = idp_token(IDP_B_PEM, "k2", "https://idp.example", None);
+        assert!(check.verify_for_room(&old, "demo", NOW).is_ok());
+        assert!(matches!(check.verify_for_room(&new, "demo", NOW), Err(AuthError::UnknownKey(_) | AuthError::BadSignature)));
+        live.replace(TokenVerifier::new().with_jwks_for(&jwks("k2", IDP_B_X), scope()).unwrap());
+        assert!(check.verify_for_room(&new, "demo", NOW).is_ok(), "the refreshed key");
+        assert!(check.verify_for_room(&old, "demo", NOW).is_err(), "the retired key");
+        assert!(matches!(check.verify_for_room(&new, "boardroom", NOW), Err(AuthError::WrongRoom { .. })));
+        // a plain TokenVerifier is a TokenCheck too
+        let plain: &dyn TokenCheck = &TokenVerifier::hs256(SECRET).unwrap();
+        assert!(plain.verify_for_room(&token(&alice()), "demo", NOW).is_ok());
     }
 
     #[test]

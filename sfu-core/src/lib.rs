@@ -32,9 +32,17 @@
 //! ## The media plane ([`media`])
 //!
 //! Split the LiveKit way: the forwarder *decides* ([`media::forwarder`]: which
-//! simulcast layer each subscriber gets from its bandwidth estimate — str0m's
-//! TWCC send-side BWE — and the size it asked for; switching up or down only on
-//! a keyframe of the target layer), the down-track *does*
+//! simulcast layer each subscriber gets, from its downlink — str0m's TWCC
+//! send-side estimate, its raw figure and loss read every 200 ms, and how
+//! long packets wait in str0m's pacer — the *measured* layer bitrates and the
+//! size it asked for, with hysteresis: down at once, straight to the lowest
+//! layer on congestion; up only with a margin, after a dwell and a hold time
+//! that doubles when a climb is taken back, with str0m padding the link
+//! towards the next layer first; switching only on a keyframe of the target
+//! layer, which is asked for at once; an urgent step down stops the current
+//! layer at its frame's end and drops its retransmissions, so the picture
+//! stands still briefly instead of freezing mid-GOP behind a queue), the
+//! down-track *does*
 //! ([`media::rewrite`]: one outgoing SSRC per subscriber and track whose
 //! sequence numbers and timestamps stay continuous across layer switches,
 //! publisher restarts and — for the active-speaker WHEP — speaker changes;
@@ -50,7 +58,7 @@
 //! and what is per room (speaker levels, counters) accumulates on the track
 //! until the engine's 200 ms tick.
 //!
-//! Once a second per peer, str0m's statistics become the per-room metrics
+//! Every 200 ms per peer, str0m's statistics become the per-room metrics
 //! (NACKs from subscribers, packets lost from publishers, RTT) and, for room
 //! protocol clients, a rate-limited `connection_quality` ([`engine::stats`]).
 //! A room-protocol client's server-side m-lines are reused: one that stopped
@@ -133,8 +141,9 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod signal;
+pub mod standalone;
 
-pub use auth::{Claims, Grants, TokenVerifier};
+pub use auth::{Claims, Grants, KeyScope, LiveVerifier, TokenCheck, TokenVerifier};
 pub use config::SfuConfig;
 pub use error::SfuError;
 pub use local::{LocalCodec, LocalEvent, LocalJoin, LocalPacket, LocalSubscription, LocalTrackSpec};

@@ -20,6 +20,9 @@ pub struct Metrics {
     /// resolved once: a flood of junk datagrams must not hash a label per packet.
     pub dropped_garbage: IntCounter,
     pub dropped_unknown_peer: IntCounter,
+    /// `dropped{reason="send_queue_full"}`: not queued towards a subscriber
+    /// whose send queue was at its bound.
+    pub dropped_send_queue_full: IntCounter,
 }
 
 /// Cached handles for one room.
@@ -67,6 +70,7 @@ impl Metrics {
             participants: IntGauge::new("sfu_participants", "participants in all rooms")?,
             dropped_garbage: dropped.with_label_values(&["garbage"]),
             dropped_unknown_peer: dropped.with_label_values(&["unknown_peer"]),
+            dropped_send_queue_full: dropped.with_label_values(&["send_queue_full"]),
             dropped,
         };
         registry.register(Box::new(m.forwarded_packets.clone()))?;

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::auth::TokenVerifier;
+use crate::auth::TokenCheck;
 use crate::config::SfuConfig;
 use crate::error::SfuError;
 use crate::edge::driver::{self, DriverParts, Request};
@@ -108,12 +108,27 @@ pub struct Sfu {
 struct Inner {
     requests: mpsc::Sender<Request>,
     control: mpsc::UnboundedSender<Request>,
-    verifier: TokenVerifier,
+    verifier: Arc<dyn TokenCheck>,
     config: Arc<SfuConfig>,
     events: broadcast::Sender<RoomEvent>,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
+    /// Room-protocol WebSockets still open (shutdown waits for their goodbyes).
+    sessions: tokio::sync::watch::Sender<usize>,
 }
+
+/// Counts one open WebSocket session while it lives.
+pub(crate) struct SessionGuard(tokio::sync::watch::Sender<usize>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// How long [`Sfu::shutdown`] waits for WebSocket clients to get `closing`
+/// and the close frame.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
 /// A running in-process participant. Dropping it leaves the room.
 pub struct LocalParticipant {
@@ -164,12 +179,16 @@ impl Drop for LocalParticipant {
 
 impl Sfu {
     /// Bind the sockets, start the driver thread and return the handle.
-    /// `registry` receives the SFU's metrics.
+    /// `tokens` checks every request's bearer token: a [`crate::TokenVerifier`],
+    /// a [`crate::auth::LiveVerifier`] refreshed at run time, or the embedding
+    /// service's own (`Arc<T>` where `T: TokenCheck`). `registry` receives the
+    /// SFU's metrics.
     pub async fn start(
         config: SfuConfig,
-        verifier: TokenVerifier,
+        tokens: impl TokenCheck + 'static,
         registry: &prometheus::Registry,
     ) -> Result<Sfu, SfuError> {
+        let verifier: Arc<dyn TokenCheck> = Arc::new(tokens);
         if let Err(problems) = config.validate() {
             let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             return Err(SfuError::Config(list.join("; ")));
@@ -208,8 +227,15 @@ impl Sfu {
                 events,
                 udp_addr,
                 tcp_addr,
+                sessions: tokio::sync::watch::channel(0).0,
             }),
         })
+    }
+
+    /// A room-protocol session starts; it counts until the guard drops.
+    pub(crate) fn session_guard(&self) -> SessionGuard {
+        self.inner.sessions.send_modify(|n| *n += 1);
+        SessionGuard(self.inner.sessions.clone())
     }
 
     /// The signaling routes (WHIP, WHEP, `/ws/{room}`), with CORS and body limits,
@@ -218,9 +244,9 @@ impl Sfu {
         crate::signal::router(self.clone())
     }
 
-    /// The token verifier the SFU checks every request with.
-    pub fn verifier(&self) -> &TokenVerifier {
-        &self.inner.verifier
+    /// The token check the SFU applies to every request.
+    pub fn verifier(&self) -> &dyn TokenCheck {
+        &*self.inner.verifier
     }
 
     /// The configuration the SFU runs with.
@@ -291,11 +317,16 @@ impl Sfu {
         self.request(|reply| Request::Mute { room, identity, kind, muted, reply }).await?
     }
 
-    /// Tell every peer, close every connection, stop the driver.
+    /// Tell every peer, close every connection, stop the driver. Returns once
+    /// every room-protocol client was sent `closing` and a close frame (code
+    /// 1001, going away) — or after [`SHUTDOWN_FLUSH`] — and WHIP/WHEP and
+    /// room peers were sent RTCP BYE and a DTLS close_notify.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         self.send_control(Request::Shutdown(tx));
         let _ = rx.await;
+        let mut open = self.inner.sessions.subscribe();
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, open.wait_for(|n| *n == 0)).await;
     }
 }
 

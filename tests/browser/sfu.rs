@@ -21,9 +21,10 @@ roombox_tests::browser_test_main!(
 );
 
 /// The squeeze: under the full layer (up to 1.5 Mbit/s), above the half one
-/// (up to 0.5 Mbit/s), with a shallow 50 ms queue (excess is dropped).
+/// (up to 0.5 Mbit/s), with a shallow 50 ms queue (excess is dropped) — the
+/// link where the layer choice used to stall or flap.
 /// `ROOMBOX_SQUEEZE_KBIT` / `ROOMBOX_SQUEEZE_QUEUE_MS` override them to study
-/// harsher links.
+/// other links.
 const SQUEEZE_KBIT: u32 = 700;
 const SQUEEZE_QUEUE_MS: u32 = 50;
 
@@ -233,8 +234,9 @@ async fn whip_h264_publisher_is_watched_through_whep() -> anyhow::Result<()> {
 
 /// (c) A simulcast publisher (3 layers from a 1280x720 camera) watched by a
 /// subscriber in another namespace; a tbf squeeze on the veth makes the SFU
-/// forward a lower layer; lifting it brings the full layer back; the picture
-/// never stalls for more than a second.
+/// forward a lower layer (and never the full one while squeezed); lifting it
+/// brings the full layer back, climbing without stepping down again; the
+/// picture never stalls for more than a second.
 async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::Result<()> {
     let link = LinkedNetns::create(1)?;
     let sfu = TestSfu::start_with(|c| c.candidate_ips = vec![LAN_IP.into(), link.host_ip.into()]).await?;
@@ -306,6 +308,7 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
 
     let (kbit, latency) = squeeze_params();
     let squeeze = Squeeze::apply_with(&link.host_dev, kbit, latency)?;
+    tracing::info!(kbit, latency, "squeeze applied");
     let t1 = Instant::now();
     let squeezed_at: f64 = sub_tab.eval_as("performance.now()").await?;
     let low = wait_until("the forwarded layer to drop under 1280 px", Duration::from_secs(40), async || {
@@ -327,6 +330,7 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
     .await?;
 
     squeeze.lift()?;
+    tracing::info!("squeeze lifted");
     let t2 = Instant::now();
     let lifted_at: f64 = sub_tab.eval_as("performance.now()").await?;
     wait_until("the full 1280 px layer to come back", Duration::from_secs(120), async || {
@@ -364,6 +368,18 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
         vin.total_freezes_duration,
     );
     ensure!(v.max_stall_ms <= 1000, "the picture froze for {} ms (more than 1 s)", v.max_stall_ms);
+    // Page times: the first smaller picture, and the lift.
+    let dropped_at = v.widths.iter().find(|w| (w.at_ms as f64) > squeezed_at && w.width < 1280).map(|w| w.at_ms as f64);
+    let dropped_at = dropped_at.context("no smaller picture seen while squeezed")?;
+    let full_while_squeezed: Vec<&String> = widths
+        .iter()
+        .zip(&v.widths)
+        .filter(|(_, w)| (w.at_ms as f64) > dropped_at && (w.at_ms as f64) < lifted_at && w.width >= 1280)
+        .map(|(s, _)| s)
+        .collect();
+    ensure!(full_while_squeezed.is_empty(), "the full picture came back while squeezed: {full_while_squeezed:?}");
+    let after: Vec<u32> = v.widths.iter().filter(|w| (w.at_ms as f64) > lifted_at).map(|w| w.width).collect();
+    ensure!(after.windows(2).all(|w| w[1] > w[0]), "after the lift the picture only grows: {after:?} ({widths:?})");
     Ok(())
 }
 

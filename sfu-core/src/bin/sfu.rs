@@ -3,25 +3,12 @@
 //! ```text
 //! sfu --config sfu.toml
 //! ```
-//! ```toml
-//! [http]
-//! listen = "0.0.0.0:8080"
-//! [auth]
-//! hs256_secret_file = "/etc/roombox/jwt.secret"   # and/or
-//! jwks_file = "/etc/roombox/jwks.json"
-//! [sfu]
-//! udp_bind = "0.0.0.0:50000"
-//! include_loopback = true
-//! ```
-//! Unknown keys are refused. SIGTERM or Ctrl-C shuts down gracefully.
+//! The file's keys are documented in [`sfu_core::standalone`]; unknown keys are
+//! refused. SIGTERM or Ctrl-C shuts down gracefully.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::Parser;
-use serde::Deserialize;
-use sfu_core::{Sfu, SfuConfig, TokenVerifier};
 
 #[derive(Parser)]
 #[command(name = "sfu", about = "roombox's SFU alone: WHIP, WHEP and the room protocol over one UDP port")]
@@ -34,60 +21,6 @@ struct Args {
     check: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    http: HttpConfig,
-    auth: AuthConfig,
-    #[serde(default)]
-    sfu: SfuConfig,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpConfig {
-    listen: SocketAddr,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthConfig {
-    hs256_secret_file: Option<PathBuf>,
-    jwks_file: Option<PathBuf>,
-    issuer: Option<String>,
-    audience: Option<String>,
-}
-
-fn load(path: &Path) -> anyhow::Result<(FileConfig, TokenVerifier)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: FileConfig = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
-    if let Err(problems) = cfg.sfu.validate() {
-        let list: Vec<String> = problems.iter().map(|p| format!("  sfu.{p}")).collect();
-        bail!("invalid configuration in {}:\n{}", path.display(), list.join("\n"));
-    }
-    let mut v = TokenVerifier::new();
-    if let Some(f) = &cfg.auth.hs256_secret_file {
-        let secret = std::fs::read(f).with_context(|| format!("auth.hs256_secret_file {}", f.display()))?;
-        let secret = secret.trim_ascii();
-        v = v.with_secret(secret).with_context(|| format!("auth.hs256_secret_file {}", f.display()))?;
-    }
-    if let Some(f) = &cfg.auth.jwks_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("auth.jwks_file {}", f.display()))?;
-        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text).with_context(|| format!("auth.jwks_file {}", f.display()))?;
-        v = v.with_jwks(&set).with_context(|| format!("auth.jwks_file {}", f.display()))?;
-    }
-    if cfg.auth.hs256_secret_file.is_none() && cfg.auth.jwks_file.is_none() {
-        bail!("[auth] needs hs256_secret_file and/or jwks_file");
-    }
-    if let Some(i) = &cfg.auth.issuer {
-        v = v.with_issuer(i.clone());
-    }
-    if let Some(a) = &cfg.auth.audience {
-        v = v.with_audience(a.clone());
-    }
-    Ok((cfg, v))
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -95,43 +28,10 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let (cfg, verifier) = load(&args.config)?;
     if args.check {
+        sfu_core::standalone::check_config(&args.config)?;
         println!("{}: ok", args.config.display());
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
-        let registry = prometheus::Registry::new();
-        let sfu = Sfu::start(cfg.sfu, verifier, &registry).await?;
-        let metrics_registry = registry.clone();
-        let app = sfu.router().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let r = metrics_registry.clone();
-                async move {
-                    let mut buf = String::new();
-                    let _ = prometheus::TextEncoder::new().encode_utf8(&r.gather(), &mut buf);
-                    buf
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-            .await
-            .with_context(|| format!("binding http.listen {}", cfg.http.listen))?;
-        tracing::info!(http = %cfg.http.listen, udp = %sfu.udp_addr(), "sfu listening");
-        let stop = sfu.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                }
-                tracing::info!("shutting down");
-                stop.shutdown().await;
-            })
-            .await?;
-        anyhow::Ok(())
-    })
+    sfu_core::standalone::run_from_config(&args.config)
 }

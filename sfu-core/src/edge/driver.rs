@@ -73,7 +73,7 @@ pub(crate) enum Request {
 }
 
 enum TcpEvent {
-    Opened { peer: SocketAddr, writer: mpsc::Sender<Vec<u8>> },
+    Opened { peer: SocketAddr, writer: mpsc::Sender<Vec<u8>>, written: tokio::task::JoinHandle<()> },
     Packet { peer: SocketAddr, local: SocketAddr, data: Vec<u8> },
     Closed { peer: SocketAddr },
 }
@@ -88,6 +88,25 @@ pub(crate) struct DriverParts {
     pub requests: mpsc::Receiver<Request>,
     pub control: mpsc::UnboundedReceiver<Request>,
     pub events: broadcast::Sender<RoomEvent>,
+}
+
+/// At shutdown, how long ICE-TCP writers may take to send what is queued.
+const TCP_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// At most this many local addresses are remembered for replies.
+const MAX_LOCAL_IPS: usize = 32;
+
+/// The local address a datagram from the engine's address `source` leaves
+/// from: the interface address behind an announced one (when only one is),
+/// and only one datagrams arrived on. `None`: the kernel chooses.
+fn send_from(dest_map: &[(IpAddr, IpAddr)], local_ips: &[IpAddr], source: IpAddr) -> Option<IpAddr> {
+    let mut behind = dest_map.iter().filter(|(_, announced)| *announced == source).map(|(iface, _)| *iface);
+    let ip = match (behind.next(), behind.next()) {
+        (None, _) => source,
+        (Some(iface), None) => iface,
+        (Some(_), Some(_)) => return None, // several interfaces behind one address: ambiguous
+    };
+    local_ips.contains(&ip).then_some(ip)
 }
 
 pub(crate) fn run(parts: DriverParts) -> io::Result<()> {
@@ -113,10 +132,15 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
         let l = TcpListener::from_std(l)?;
         tokio::spawn(accept_loop(l, tcp_tx.clone()));
     }
-    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut sinks = Sinks::default();
     let mut batch = RecvBatch::default();
-    let mut out_udp: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(256);
+    let mut out_udp: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> = Vec::with_capacity(256);
+    // Replies leave from the address the peer's datagrams arrived on (the
+    // socket is on the wildcard address; IP_PKTINFO on send). Only addresses
+    // seen as a datagram's destination are used: those are surely this host's.
+    let wildcard = udp_local.ip().is_unspecified();
+    let mut local_ips: Vec<IpAddr> = Vec::new();
     let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
 
     loop {
@@ -125,9 +149,12 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
             match engine.poll_output() {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => match t.proto {
-                    Protocol::Udp => out_udp.push((t.destination, t.contents.into())),
+                    Protocol::Udp => {
+                        let from = if wildcard { send_from(&dest_map, &local_ips, t.source.ip()) } else { None };
+                        out_udp.push((t.destination, from, t.contents.into()));
+                    }
                     Protocol::Tcp => {
-                        if let (Some(w), Some(f)) = (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents)) {
+                        if let (Some((w, _)), Some(f)) = (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents)) {
                             let _ = w.try_send(f);
                         }
                     }
@@ -179,6 +206,15 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
             out_udp.clear();
         }
         if let Some(r) = shutdown_reply.take() {
+            // ICE-TCP peers get their goodbyes (RTCP BYE, DTLS close_notify)
+            // too: let each writer finish what is queued, briefly
+            let written: Vec<_> = tcp_writers.drain().map(|(_, (_, done))| done).collect();
+            let _ = tokio::time::timeout(TCP_FLUSH, async {
+                for w in written {
+                    let _ = w.await;
+                }
+            })
+            .await;
             let _ = r.send(());
             return Ok(());
         }
@@ -200,6 +236,12 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                                     if m.truncated || m.len == 0 {
                                         continue;
                                     }
+                                    if let Some(ip) = m.dest_ip
+                                        && !local_ips.contains(&ip)
+                                        && local_ips.len() < MAX_LOCAL_IPS
+                                    {
+                                        local_ips.push(ip);
+                                    }
                                     let dest_ip = m.dest_ip.unwrap_or(udp_local.ip());
                                     let dest_ip = dest_map.iter().find(|(a, _)| *a == dest_ip).map(|x| x.1).unwrap_or(dest_ip);
                                     let dest = SocketAddr::new(dest_ip, udp_local.port());
@@ -213,7 +255,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                 }
             }
             r = tcp_rx.recv() => match r {
-                Some(TcpEvent::Opened { peer, writer }) => { tcp_writers.insert(peer, writer); }
+                Some(TcpEvent::Opened { peer, writer, written }) => { tcp_writers.insert(peer, (writer, written)); }
                 Some(TcpEvent::Packet { peer, local, data }) => {
                     let local = dest_map.iter().find(|(a, _)| *a == local.ip()).map(|x| SocketAddr::new(x.1, local.port())).unwrap_or(local);
                     engine.handle_receive(Instant::now(), Protocol::Tcp, peer, local, &data);
@@ -306,19 +348,22 @@ async fn accept_loop(l: TcpListener, tx: mpsc::Sender<TcpEvent>) {
             Err(_) => continue,
         };
         let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
-        if tx.send(TcpEvent::Opened { peer, writer: wtx }).await.is_err() {
+        let (mut r, mut w) = stream.into_split();
+        // writes until every sender is gone and the queue is empty
+        let writer = tokio::spawn(async move {
+            while let Some(f) = wrx.recv().await {
+                if w.write_all(&f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let abort = writer.abort_handle();
+        if tx.send(TcpEvent::Opened { peer, writer: wtx, written: writer }).await.is_err() {
+            abort.abort();
             return;
         }
         let tx = tx.clone();
         tokio::spawn(async move {
-            let (mut r, mut w) = stream.into_split();
-            let writer = tokio::spawn(async move {
-                while let Some(f) = wrx.recv().await {
-                    if w.write_all(&f).await.is_err() {
-                        break;
-                    }
-                }
-            });
             let mut framer = Rfc4571::default();
             let mut buf = vec![0u8; 4096];
             loop {
@@ -334,7 +379,7 @@ async fn accept_loop(l: TcpListener, tx: mpsc::Sender<TcpEvent>) {
                     }
                 }
             }
-            writer.abort();
+            abort.abort();
             let _ = tx.send(TcpEvent::Closed { peer }).await;
         });
     }
@@ -361,3 +406,22 @@ pub(crate) fn engine_for(
     (engine, dest_map)
 }
 
+
+#[cfg(test)]
+mod send_from_tests {
+    use super::*;
+
+    #[test]
+    fn replies_leave_from_an_address_datagrams_arrived_on() {
+        let lan: IpAddr = "192.168.1.10".parse().unwrap();
+        let wifi: IpAddr = "10.0.0.5".parse().unwrap();
+        let public: IpAddr = "203.0.113.7".parse().unwrap();
+        // no NAT: the candidate address itself, once seen
+        assert_eq!(send_from(&[], &[lan, wifi], wifi), Some(wifi));
+        assert_eq!(send_from(&[], &[lan], wifi), None, "never seen: the kernel chooses");
+        // 1:1 NAT: the interface behind the announced address
+        assert_eq!(send_from(&[(lan, public)], &[lan], public), Some(lan));
+        // two interfaces behind one announced address: ambiguous
+        assert_eq!(send_from(&[(lan, public), (wifi, public)], &[lan, wifi], public), None);
+    }
+}

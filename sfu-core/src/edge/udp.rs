@@ -1,6 +1,10 @@
 //! Batched UDP I/O: `recvmmsg(2)` with `IP_PKTINFO` (so one socket bound to
 //! the wildcard address still learns each datagram's destination address,
-//! which ICE needs) and `sendmmsg(2)`. A small safe wrapper over libc; the
+//! which ICE needs) and `sendmmsg(2)`, again with `IP_PKTINFO` /
+//! `IPV6_PKTINFO` when a datagram names its source address, so a reply leaves
+//! from the address the peer's packets arrived on (a multi-homed box with
+//! asymmetric routes would otherwise answer from the kernel's choice, which
+//! the peer's ICE does not know). A small safe wrapper over libc; the
 //! buffers are allocated once and reused.
 
 use std::io;
@@ -180,10 +184,91 @@ pub fn recv_batch(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
     }
 }
 
+/// One datagram for [`send_batch`]: where to, the bytes, and optionally the
+/// local address to send from (`IP_PKTINFO`; it must be one of this host's
+/// addresses of the destination's family, and the socket bound to the
+/// wildcard address).
+pub trait Datagram {
+    fn destination(&self) -> SocketAddr;
+    fn source_ip(&self) -> Option<IpAddr> {
+        None
+    }
+    fn bytes(&self) -> &[u8];
+}
+
+impl<B: AsRef<[u8]>> Datagram for (SocketAddr, B) {
+    fn destination(&self) -> SocketAddr {
+        self.0
+    }
+    fn bytes(&self) -> &[u8] {
+        self.1.as_ref()
+    }
+}
+
+impl<B: AsRef<[u8]>> Datagram for (SocketAddr, Option<IpAddr>, B) {
+    fn destination(&self) -> SocketAddr {
+        self.0
+    }
+    fn source_ip(&self) -> Option<IpAddr> {
+        self.1
+    }
+    fn bytes(&self) -> &[u8] {
+        self.2.as_ref()
+    }
+}
+
+/// Room for one `IP_PKTINFO` or `IPV6_PKTINFO` control message, aligned for `cmsghdr`.
+type PktinfoBuf = [u64; 6];
+
+/// Point `h`'s control buffer at `buf`, holding a pktinfo that makes the
+/// kernel send from `src` (`false`: `src`'s family is not the destination's).
+///
+/// # Safety
+/// `buf` must outlive every use of `h`.
+unsafe fn set_source(h: &mut libc::msghdr, buf: &mut PktinfoBuf, src: IpAddr, to: &SocketAddr) -> bool {
+    let (level, ty, len) = match (src, to) {
+        (IpAddr::V4(_), SocketAddr::V4(_)) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
+        (IpAddr::V6(_), SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
+        _ => return false,
+    };
+    // SAFETY: `buf` is zeroed, aligned for cmsghdr and larger than CMSG_SPACE
+    // of either pktinfo; the CMSG_* macros stay within msg_controllen.
+    unsafe {
+        *buf = [0; 6];
+        h.msg_control = buf.as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = libc::CMSG_SPACE(len as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(h);
+        if c.is_null() {
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            return false;
+        }
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
+        (*c).cmsg_len = libc::CMSG_LEN(len as u32) as _;
+        match src {
+            IpAddr::V4(ip) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
+            }
+            IpAddr::V6(ip) => {
+                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, info);
+            }
+        }
+    }
+    true
+}
+
 /// Send datagrams with as few `sendmmsg` calls as possible. Returns how many
 /// were handed to the kernel (stops early on `WouldBlock`). Takes the
 /// buffers as they are (`&[u8]`, `Vec<u8>`, …): no per-batch list to build.
-pub fn send_batch<B: AsRef<[u8]>>(fd: RawFd, items: &[(SocketAddr, B)]) -> io::Result<usize> {
+/// A datagram with a [`Datagram::source_ip`] leaves from that address.
+pub fn send_batch<D: Datagram>(fd: RawFd, items: &[D]) -> io::Result<usize> {
     let mut sent = 0;
     for chunk in items.chunks(BATCH) {
         // SAFETY: every pointer refers to `items` or to locals that outlive the call.
@@ -191,15 +276,20 @@ pub fn send_batch<B: AsRef<[u8]>>(fd: RawFd, items: &[(SocketAddr, B)]) -> io::R
             let mut names: [libc::sockaddr_storage; BATCH] = zeroed();
             let mut iovs: [libc::iovec; BATCH] = zeroed();
             let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
-            for (i, (addr, data)) in chunk.iter().enumerate() {
-                let data = data.as_ref();
-                let len = from_socket_addr(addr, &mut names[i]);
+            let mut cmsgs: [PktinfoBuf; BATCH] = zeroed();
+            for (i, d) in chunk.iter().enumerate() {
+                let addr = d.destination();
+                let data = d.bytes();
+                let len = from_socket_addr(&addr, &mut names[i]);
                 iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
                 let h = &mut msgs[i].msg_hdr;
                 h.msg_name = &mut names[i] as *mut _ as *mut libc::c_void;
                 h.msg_namelen = len;
                 h.msg_iov = &mut iovs[i];
                 h.msg_iovlen = 1;
+                if let Some(src) = d.source_ip() {
+                    set_source(h, &mut cmsgs[i], src, &addr);
+                }
             }
             libc::sendmmsg(fd, msgs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT)
         };
@@ -249,5 +339,41 @@ mod tests {
         }
         assert_eq!(got, payloads);
         assert_eq!(recv_batch(b.as_raw_fd(), &mut batch).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// A socket bound to the wildcard address replies from the address the
+    /// datagram came in on: 127.0.0.2 (all of 127/8 is this host's), though
+    /// the kernel would pick 127.0.0.1 to reach 127.0.0.1.
+    #[test]
+    fn a_datagram_leaves_from_the_source_address_it_names() {
+        let server = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let to = peer.local_addr().unwrap();
+        let items: Vec<(SocketAddr, Option<IpAddr>, &[u8])> = vec![
+            (to, Some(IpAddr::from([127, 0, 0, 2])), b"from two"),
+            (to, None, b"kernel's choice"),
+            (to, Some(IpAddr::from([127, 0, 0, 3])), b"from three"),
+            // a family that does not match the destination: no pktinfo, the kernel chooses
+            (to, Some("::1".parse().unwrap()), b"mismatch"),
+        ];
+        assert_eq!(send_batch(server.as_raw_fd(), &items).unwrap(), 4);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let (n, from) = peer.recv_from(&mut buf).unwrap();
+            got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+        }
+        let at = |ip: [u8; 4]| SocketAddr::from((ip, port));
+        assert_eq!(
+            got,
+            vec![
+                ("from two".to_string(), at([127, 0, 0, 2])),
+                ("kernel's choice".to_string(), at([127, 0, 0, 1])),
+                ("from three".to_string(), at([127, 0, 0, 3])),
+                ("mismatch".to_string(), at([127, 0, 0, 1])),
+            ]
+        );
     }
 }

@@ -45,7 +45,7 @@ use crate::auth::Grants;
 use crate::config::{CodecName, SfuConfig};
 use crate::error::SfuError;
 use crate::local::{LocalCodec, LocalEvent, LocalJoin, LocalSubscription};
-use crate::media::forwarder::LayerSelector;
+use crate::media::forwarder::{LayerPolicy, LayerSelector, LinkEstimate};
 use crate::media::keyframe::VideoFormat;
 use crate::media::rewrite::{Rewriter, SeqExtender};
 use crate::media::speaker::{SpeakerDetector, SpeakerParams};
@@ -87,6 +87,9 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// How often the engine's own housekeeping runs (speaker, layers, limits).
 pub const TICK: Duration = Duration::from_millis(200);
+/// str0m's statistics per peer this often: the raw bandwidth estimate and
+/// loss (a squeeze is seen within one interval), and the per-room metrics.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(200);
 /// A peer that has not connected this long after joining is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connected peer whose ICE stays disconnected this long is dropped.
@@ -173,8 +176,12 @@ struct DownTrack {
     /// VP8 PictureID/TL0PICIDX continuity across source switches.
     vp8: Vp8Munger,
     selector: LayerSelector,
+    /// Hysteresis and hold times behind the selector's target.
+    policy: LayerPolicy,
     want_width: Option<u32>,
     last_layer_sent: Option<Option<usize>>,
+    /// When the forwarded layer last went up (its keyframe is a burst).
+    climbed_at: Option<Instant>,
     alloc_bps: u64,
 }
 
@@ -284,8 +291,10 @@ struct Participant {
     /// ssrc -> (track, layer) of incoming streams (remote publishers).
     rx: SmallVec<[(Ssrc, TrackKey, u8); 6]>,
     downtracks: Vec<DownTrack>,
-    bwe_bps: u64,
+    /// The downlink towards this participant (str0m's send-side estimate).
+    link: LinkEstimate,
     last_desired_bps: u64,
+    last_minimum_bps: u64,
     neg: Negotiation,
     pending_publish: Vec<PublishTrack>,
     chat: Option<ChannelId>,
@@ -334,7 +343,17 @@ struct Counters {
     dropped_packets: u64,
     garbage: u64,
     unknown_peer: u64,
+    /// Packets not queued towards a subscriber whose send queue was at its
+    /// bound (see [`forward::SEND_QUEUE_MAX_PACKETS`]); counted per packet,
+    /// flushed to `sfu_dropped_total{reason="send_queue_full"}` each tick.
+    send_queue_full: u64,
+    send_queue_full_flushed: u64,
+    /// When the last warning about full send queues was logged.
+    send_queue_full_logged: Option<(Instant, u64)>,
 }
+
+/// Full send queues are logged at most this often (with the count since).
+const SEND_QUEUE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The room engine. See the module docs.
 pub struct Engine {
@@ -593,7 +612,7 @@ impl Engine {
             .enable_vp9(has(CodecName::Vp9))
             .enable_av1(has(CodecName::Av1))
             .enable_bwe(Some(Bitrate::bps(self.config.media.initial_bitrate_bps)))
-            .set_stats_interval(Some(Duration::from_secs(1)))
+            .set_stats_interval(Some(STATS_INTERVAL))
     }
 
     /// A remote participant joins (WHIP, WHEP or the room protocol). Grants
@@ -693,8 +712,9 @@ impl Engine {
             published: Vec::new(),
             rx: SmallVec::new(),
             downtracks: Vec::new(),
-            bwe_bps: self.config.media.initial_bitrate_bps,
+            link: LinkEstimate::new(self.config.media.initial_bitrate_bps),
             last_desired_bps: 0,
+            last_minimum_bps: 0,
             neg: Negotiation::default(),
             pending_publish: Vec::new(),
             chat: None,
@@ -772,8 +792,9 @@ impl Engine {
             published: Vec::new(),
             rx: SmallVec::new(),
             downtracks: Vec::new(),
-            bwe_bps: u64::MAX / 4,
+            link: LinkEstimate::new(u64::MAX / 4),
             last_desired_bps: 0,
+            last_minimum_bps: 0,
             neg: Negotiation::default(),
             pending_publish: Vec::new(),
             chat: None,
@@ -948,23 +969,32 @@ impl Engine {
         }
     }
 
-    /// Every participant goes: tell them, close everything.
+    /// Every participant goes: each is told `closing` — and nothing after it
+    /// (not the others leaving, their tracks going, unsubscriptions) — every
+    /// WebRTC peer is sent RTCP BYE and a DTLS close_notify, then all is removed.
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
-        for id in ids {
+        for &id in &ids {
             let msg = ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: Some(5000) };
-            if self.participants.get(&id).is_some_and(|p| p.is_local()) {
-                self.out.push_back(Output::Local(id, LocalEvent::Signal(msg)));
-            } else {
-                self.out.push_back(Output::Signal(id, msg));
+            match self.participants.get(&id) {
+                Some(p) if p.is_local() => self.out.push_back(Output::Local(id, LocalEvent::Signal(msg))),
+                Some(p) if p.is_room_client() => self.out.push_back(Output::Signal(id, msg)),
+                _ => {}
             }
+        }
+        let told = self.out.len();
+        for id in ids {
             if let Some(rtc) = self.participants.get_mut(&id).and_then(|p| p.rtc.as_mut()) {
-                let _ = rtc.close();
+                if let Err(e) = rtc.close() {
+                    tracing::debug!(participant = id, error = %e, "close");
+                }
                 self.drain(id);
             }
             self.remove_participant(now, id, LeaveReason::Shutdown);
         }
         self.process(now);
+        let after = self.out.split_off(told);
+        self.out.extend(after.into_iter().filter(|o| !matches!(o, Output::Signal(..) | Output::Local(_, LocalEvent::Signal(_)))));
     }
 
     fn remove_participant(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {
@@ -1298,6 +1328,8 @@ impl Engine {
                     d.source = None;
                     d.pt = None;
                     d.selector.reset();
+                    d.policy.reset();
+                    d.last_layer_sent = None;
                     d.rewriter.detach();
                 }
             }
@@ -1347,7 +1379,10 @@ impl Engine {
             participants: self.participants.len(),
             forwarded_packets: self.counters.forwarded_packets,
             forwarded_bytes: self.counters.forwarded_bytes,
-            dropped_packets: self.counters.dropped_packets + self.counters.garbage + self.counters.unknown_peer,
+            dropped_packets: self.counters.dropped_packets
+                + self.counters.garbage
+                + self.counters.unknown_peer
+                + self.counters.send_queue_full,
         }
     }
 
@@ -1425,7 +1460,7 @@ impl Engine {
                     _ => None,
                 };
                 if let (Some(e), Some(p)) = (est, self.participants.get_mut(&id)) {
-                    p.bwe_bps = e.as_u64();
+                    p.link.on_estimate(e.as_u64());
                 }
             }
             Event::ChannelOpen(ch, label) => {
@@ -1499,10 +1534,27 @@ impl Engine {
         self.allocate(now);
         self.publisher_limits(now);
         self.pending_keyframes(now);
-        self.flush_metrics();
+        self.flush_metrics(now);
     }
 
-    fn flush_metrics(&mut self) {
+    fn flush_metrics(&mut self, now: Instant) {
+        let c = &mut self.counters;
+        if c.send_queue_full > c.send_queue_full_flushed {
+            if let Some(m) = &self.metrics {
+                m.dropped_send_queue_full.inc_by(c.send_queue_full - c.send_queue_full_flushed);
+            }
+            c.send_queue_full_flushed = c.send_queue_full;
+            let (at, logged) = c.send_queue_full_logged.unwrap_or((self.start, 0));
+            if c.send_queue_full_logged.is_none() || now.saturating_duration_since(at) >= SEND_QUEUE_LOG_EVERY {
+                tracing::warn!(
+                    dropped = c.send_queue_full - logged,
+                    total = c.send_queue_full,
+                    max_packets = forward::SEND_QUEUE_MAX_PACKETS,
+                    "subscriber send queues full: packets dropped instead of queued"
+                );
+                c.send_queue_full_logged = Some((now, c.send_queue_full));
+            }
+        }
         for r in self.rooms.values_mut() {
             if let Some(m) = &r.metrics {
                 m.forwarded_packets.inc_by(r.forwarded_packets - r.flushed_packets);

@@ -258,6 +258,7 @@ impl Engine {
                     d.ready = false;
                     d.pt = None;
                     d.selector = LayerSelector::default();
+                    d.policy = LayerPolicy::default();
                     d.rewriter.detach();
                     d.rewriter.set_clock_rate(t.clock_rate);
                     d.want_width = width;

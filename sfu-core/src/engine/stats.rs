@@ -1,5 +1,7 @@
-//! str0m's periodic statistics (every second per peer, see
-//! `RtcConfig::set_stats_interval`) turned into the per-room metrics (NACKs,
+//! str0m's periodic statistics (every [`super::STATS_INTERVAL`] per peer,
+//! see `RtcConfig::set_stats_interval`) turned into the downlink view the
+//! layer choice uses (raw estimate and loss, see
+//! [`crate::media::forwarder::LinkEstimate`]), the per-room metrics (NACKs,
 //! packets lost, round-trip time) and the room protocol's
 //! `connection_quality` message. Nothing here runs per packet.
 
@@ -112,9 +114,16 @@ impl Engine {
         }
     }
 
-    /// Once a second per peer: the room-protocol client's connection quality,
-    /// sent when it changed and at most every [`QUALITY_MIN_INTERVAL`].
+    /// Every statistics interval per peer: the downlink view (and at once a
+    /// new layer choice), then the room-protocol client's connection
+    /// quality, sent when it changed and at most every [`QUALITY_MIN_INTERVAL`].
     pub(super) fn on_peer_stats(&mut self, now: Instant, id: ParticipantId, s: PeerStats) {
+        let Some(p) = self.participants.get_mut(&id) else { return };
+        p.link.on_stats(now, s.bwe_tx.map(|b| b.as_u64()), s.egress_loss_fraction);
+        // a fresh view of the downlink: choose layers now, not at the next tick
+        if p.downtracks.iter().any(|d| d.kind == TrackKind::Video && d.source.is_some()) {
+            self.allocate_one(now, id);
+        }
         let Some(p) = self.participants.get_mut(&id) else { return };
         if !p.is_room_client() {
             return;
@@ -125,12 +134,12 @@ impl Engine {
             s.egress_loss_fraction.unwrap_or(0.0).max(s.ingress_loss_fraction.unwrap_or(0.0)).clamp(0.0, 1.0);
         // Bandwidth-limited: the downlink estimate is well below what its subscriptions want.
         let limited =
-            receives_video && p.last_desired_bps > 0 && p.bwe_bps.saturating_mul(10) < p.last_desired_bps * 8;
+            receives_video && p.last_desired_bps > 0 && p.link.smoothed().saturating_mul(10) < p.last_desired_bps * 8;
         let connected = p.connected && p.disconnected_at.is_none();
         let q = Quality {
             score: quality_score(connected, s.rtt, loss, limited),
             // towards the client when it receives video; else what it sends us
-            bitrate_bps: if receives_video { p.bwe_bps } else { p.publish_bytes.bps() },
+            bitrate_bps: if receives_video { p.link.smoothed() } else { p.publish_bytes.bps() },
             loss_permille: (loss * 1000.0).round() as u16,
         };
         let due = match &p.stats.quality_sent {

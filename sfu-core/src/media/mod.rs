@@ -31,7 +31,8 @@ impl Throttle {
     }
 }
 
-/// Bitrate of a stream over roughly one-second windows.
+/// Bitrate of a stream: one-second windows, smoothed (each window weighs a
+/// quarter), so a keyframe's burst does not read as a new rate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RateMeter {
     window_start: Option<Instant>,
@@ -50,12 +51,13 @@ impl RateMeter {
         }
     }
 
-    /// Close the window if it is at least `min` old; returns the current rate.
+    /// Close the window if it is at least a second old; returns the current rate.
     pub fn roll(&mut self, now: Instant) -> u64 {
         if let Some(start) = self.window_start {
             let age = now.saturating_duration_since(start);
-            if age >= Duration::from_millis(500) {
-                self.bps = self.bytes * 8 * 1000 / (age.as_millis() as u64).max(1);
+            if age >= Duration::from_secs(1) {
+                let window = self.bytes * 8 * 1000 / (age.as_millis() as u64).max(1);
+                self.bps = if self.bps == 0 { window } else { (self.bps * 3 + window) / 4 };
                 self.bytes = 0;
                 self.window_start = Some(now);
             }
@@ -98,6 +100,11 @@ mod tests {
             m.add(t0 + Duration::from_millis(i * 10), 1250);
         }
         assert_eq!(m.roll(t0 + Duration::from_millis(1000)), 1_000_000);
+        // a burst of twice the rate moves the reading by a quarter of the difference
+        for i in 0..100 {
+            m.add(t0 + Duration::from_millis(1000 + i * 10), 2500);
+        }
+        assert_eq!(m.roll(t0 + Duration::from_millis(2000)), 1_250_000);
         assert_eq!(m.roll(t0 + Duration::from_secs(5)), 0);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -243,8 +243,14 @@ fn error_code(e: &SfuError) -> ErrorCode {
     }
 }
 
-/// One WebSocket client: `join` first, then messages both ways until either side ends.
+/// How long a closing session waits for the client's close frame in reply.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// One WebSocket client: `join` first, then messages both ways until either
+/// side ends. However it ends, the client gets every message the engine had
+/// for it (a `closing` or `kicked` last), then a close frame with a code.
 async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
+    let _open = sfu.session_guard();
     // 1. join, within JOIN_TIMEOUT
     let first = tokio::time::timeout(JOIN_TIMEOUT, ws.recv()).await;
     let text = match first {
@@ -290,30 +296,85 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
         }
     };
     tracing::info!(room = %room, identity = %claims.sub, participant = id, "room client joined");
-    // 2. relay both ways
+    // 2. relay both ways; what the engine says goes first
     let mut reason = LeaveReason::ConnectionLost;
+    // (the client's socket is still open, code of our close frame)
+    let mut close: Option<u16> = Some(close_code::NORMAL);
     loop {
         tokio::select! {
+            biased;
             m = sig_rx.recv() => match m {
                 Some(m) => {
-                    let end = matches!(m, ServerMessage::Kicked { .. } | ServerMessage::Closing { .. });
-                    if !send_msg(&mut ws, &m).await { break; }
-                    if end { reason = LeaveReason::Kicked; break; }
+                    let end = end_code(&m);
+                    if !send_msg(&mut ws, &m).await { close = None; break; }
+                    if let Some(code) = end { reason = LeaveReason::Kicked; close = Some(code); break; }
                 }
                 None => { reason = LeaveReason::Kicked; break; } // the engine dropped us
             },
             m = ws.recv() => match m {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(&t) {
                     Ok(ClientMessage::Leave {}) => { reason = LeaveReason::Left; break; }
-                    Ok(msg) => { if sfu.send(Request::Client(id, msg)).await.is_err() { break; } }
+                    Ok(msg) => {
+                        if sfu.send(Request::Client(id, msg)).await.is_err() {
+                            // the driver stopped: what it had for us is queued, `closing` last
+                            close = flush(&mut ws, &mut sig_rx).await;
+                            break;
+                        }
+                    }
                     Err(e) => ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await,
                 },
                 Some(Ok(Message::Binary(_))) => ws_error(&mut ws, ErrorCode::BadMessage, "text frames only".into()).await,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => { close = None; break; }
                 Some(Ok(_)) => {}
             },
         }
     }
     sfu.send_control(Request::Leave(id, reason));
-    let _ = ws.send(Message::Close(None)).await;
+    if let Some(code) = close {
+        let frame = CloseFrame { code, reason: close_reason(code).into() };
+        if ws.send(Message::Close(Some(frame))).await.is_ok() {
+            // wait for the client's close frame, so the socket is not reset
+            // under a close frame the client has not read yet
+            let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
+                while let Some(Ok(m)) = ws.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// The close code a final message calls for (`closing`: going away).
+fn end_code(m: &ServerMessage) -> Option<u16> {
+    match m {
+        ServerMessage::Closing { .. } => Some(close_code::AWAY),
+        ServerMessage::Kicked { .. } => Some(close_code::POLICY),
+        _ => None,
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close_code::AWAY => "server shutting down",
+        close_code::POLICY => "removed from the room",
+        _ => "",
+    }
+}
+
+/// Send every signal still queued for this client (up to a final one) and
+/// return the close code to end with (`None`: the socket is gone).
+async fn flush(ws: &mut WebSocket, sig_rx: &mut mpsc::Receiver<ServerMessage>) -> Option<u16> {
+    while let Ok(m) = sig_rx.try_recv() {
+        let end = end_code(&m);
+        if !send_msg(ws, &m).await {
+            return None;
+        }
+        if end.is_some() {
+            return end;
+        }
+    }
+    Some(close_code::NORMAL)
 }

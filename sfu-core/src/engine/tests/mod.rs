@@ -52,11 +52,26 @@ struct Client {
     signals: Vec<ServerMessage>,
 }
 
+/// A bottleneck on the way to one address (a `tbf` qdisc in miniature):
+/// packets leave one after another at `rate_bps`; one that would wait in the
+/// queue longer than `queue` is dropped.
+struct Link {
+    to: std::net::IpAddr,
+    rate_bps: u64,
+    queue: Duration,
+    busy_until: Instant,
+    dropped: u64,
+    passed: u64,
+}
+
 struct Sim {
     now: Instant,
     engine: Engine,
     clients: Vec<Client>,
     net: Vec<Packet>,
+    links: Vec<Link>,
+    /// Dropped by links since lifted.
+    link_dropped: u64,
     rng: Rng,
     loss: f64,
     delay_ms: u64,
@@ -81,6 +96,8 @@ impl Sim {
             engine,
             clients: Vec::new(),
             net: Vec::new(),
+            links: Vec::new(),
+            link_dropped: 0,
             rng: Rng(0x5eed_1234_abcd),
             loss: 0.0,
             delay_ms: 5,
@@ -108,8 +125,32 @@ impl Sim {
             return;
         }
         let jitter = if self.jitter_ms > 0 { self.rng.next() % self.jitter_ms } else { 0 };
-        let at = self.now + Duration::from_millis(self.delay_ms + jitter);
+        let mut at = self.now + Duration::from_millis(self.delay_ms + jitter);
+        if let Some(l) = self.links.iter_mut().find(|l| l.to == to.ip()) {
+            let start = l.busy_until.max(self.now);
+            if start.saturating_duration_since(self.now) > l.queue {
+                l.dropped += 1;
+                return;
+            }
+            // 28 bytes of UDP/IPv4 header on the wire
+            let bits = (data.len() as u64 + 28) * 8;
+            l.passed += 1;
+            l.busy_until = start + Duration::from_nanos(bits * 1_000_000_000 / l.rate_bps.max(1));
+            at = l.busy_until + Duration::from_millis(self.delay_ms + jitter);
+        }
         self.net.push(Packet { proto: self.proto_of(from, to), at, from, to, data });
+    }
+
+    /// Squeeze everything sent to client `ci` through a bottleneck (`None` lifts it).
+    fn squeeze(&mut self, ci: usize, rate_bps: Option<u64>, queue: Duration) {
+        let to = self.clients[ci].addr.ip();
+        for l in self.links.iter().filter(|l| l.to == to) {
+            self.link_dropped += l.dropped;
+        }
+        self.links.retain(|l| l.to != to);
+        if let Some(rate_bps) = rate_bps {
+            self.links.push(Link { to, rate_bps, queue, busy_until: self.now, dropped: 0, passed: 0 });
+        }
     }
 
     fn proto_of(&self, from: SocketAddr, to: SocketAddr) -> Protocol {
@@ -129,7 +170,7 @@ impl Sim {
                     self.send(from, to, t.contents.into());
                 }
                 str0m::Output::Event(e) => {
-                    if matches!(e, Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::Connected | Event::ChannelOpen(..) | Event::ChannelData(_)) {
+                    if matches!(e, Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::Connected | Event::ChannelOpen(..) | Event::ChannelData(_) | Event::Closed) {
                         c.events.push(e);
                     }
                 }
@@ -1370,4 +1411,133 @@ fn hostile_local_packets_are_dropped_or_forwarded_intact() {
     for p in &got {
         assert!(sent.iter().any(|s| s[..2] == p.payload[..2] && s[5..] == p.payload[5..]), "only the numbering changed");
     }
+}
+
+mod simulcast;
+
+/// Shutdown: each room-protocol client's last word from the SFU is
+/// `closing` — not the others leaving, their tracks going or being
+/// unsubscribed — and every WebRTC peer (room clients, WHIP, WHEP) hears a
+/// DTLS close_notify (and RTCP BYE), so it knows at once.
+#[test]
+fn shutdown_says_closing_last_and_closes_every_peer() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let a = sim.add_client();
+    let b = sim.add_client();
+    ws_join(&mut sim, a, "ann");
+    ws_join(&mut sim, b, "ben");
+    let (mid_a, pending_a) = ws_publish(&mut sim, a, false);
+    take_answer(&mut sim, a, pending_a);
+    let (mid_b, pending_b) = ws_publish(&mut sim, b, false);
+    take_answer(&mut sim, b, pending_b);
+    let w = sim.add_client();
+    let mids = sim.join_http(w, "cam", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let v = sim.add_client();
+    sim.join_http(v, "tv", PeerRole::Whep { target: Some("cam".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    let all = [a, b, w, v];
+    assert!(sim.run_until(Duration::from_secs(5), |s| all.iter().all(|c| s.connected(*c))));
+    for _ in 0..5 {
+        answer_server_offers(&mut sim, a);
+        answer_server_offers(&mut sim, b);
+        sim.run(Duration::from_millis(50));
+    }
+    for f in 0..30u32 {
+        for (c, mid) in [(a, mid_a), (b, mid_b), (w, mids[0])] {
+            sim.write(c, mid, None, Codec::Vp8, u64::from(f) + 1, f * 3000, true, vp8(true, f % 10 == 0, f, 0));
+        }
+        sim.run(Duration::from_millis(33));
+    }
+    assert!(!sim.rtp_received(a).is_empty() && !sim.rtp_received(b).is_empty() && !sim.rtp_received(v).is_empty());
+    for c in all {
+        sim.clients[c].signals.clear();
+        assert!(!sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)));
+    }
+
+    sim.engine.shutdown(sim.now);
+    sim.drain_engine();
+    for c in [a, b] {
+        let said: Vec<&ServerMessage> = sim.clients[c].signals.iter().collect();
+        assert!(
+            matches!(said[..], [ServerMessage::Closing { .. }]),
+            "client {c} hears `closing` and nothing else: {said:?}"
+        );
+    }
+    sim.run(Duration::from_millis(200));
+    for c in all {
+        assert!(sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)), "peer {c} was told goodbye (DTLS close_notify)");
+    }
+    assert_eq!(sim.engine.stats().participants, 0);
+}
+
+/// (packets in the send queue, how long its oldest unsent packet has waited)
+/// of `identity`'s first down-track.
+fn send_queue(sim: &mut Sim, identity: &str) -> (usize, Duration) {
+    let now = sim.now;
+    let p = sim.engine.participants.values_mut().find(|p| &*p.identity == identity).unwrap();
+    let Some(mid) = p.downtracks.first().and_then(|d| d.mid) else { return (0, Duration::ZERO) };
+    let mut api = p.rtc.as_mut().unwrap().direct_api();
+    let q = api.stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info());
+    q.map(|q| (q.packet_count(), q.first_unsent().map(|t| now.saturating_duration_since(t)).unwrap_or_default()))
+        .unwrap_or_default()
+}
+
+/// A subscriber whose link carries far less than its stream (the bench's
+/// large all-to-all rooms): str0m's pacer queue, unbounded of its own, used
+/// to grow with every packet (GBs of RSS, a minute of latency). Now the
+/// queue stays at its bound, what does not fit is dropped and counted, and
+/// once the link is back the video goes on.
+#[test]
+fn a_subscriber_on_a_slow_link_costs_a_bounded_send_queue() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let pubc = sim.add_client();
+    let view = sim.add_client();
+    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc)));
+    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(view)));
+    // ~2.6 Mbit/s: 10 packets of 1000 bytes a frame, 30 frames/s, a keyframe every 2 s;
+    // the viewer's link carries 150 kbit/s with a deep (5 s) queue of its own
+    sim.squeeze(view, Some(150_000), Duration::from_secs(5));
+    let (mut max_count, mut max_age) = (0usize, Duration::ZERO);
+    let mut frame = 0u32;
+    let mut send = |sim: &mut Sim, frames: u32, max_count: &mut usize, max_age: &mut Duration| {
+        for _ in 0..frames {
+            frame += 1;
+            let key = frame % 60 == 1;
+            for i in 0..10u8 {
+                let mut p = vp8(i == 0, key, frame, i);
+                p.resize(1000, 0xab);
+                let seq = u64::from(frame) * 10 + u64::from(i);
+                sim.write(pubc, mids[0], None, Codec::Vp8, seq, frame * 3000, i == 9, p);
+            }
+            sim.run(Duration::from_millis(33));
+            let (n, age) = send_queue(sim, "bob");
+            *max_count = (*max_count).max(n);
+            *max_age = (*max_age).max(age);
+        }
+    };
+    send(&mut sim, 30 * 12, &mut max_count, &mut max_age);
+    let dropped = sim.engine.counters.send_queue_full;
+    assert!(dropped > 1000, "most of 2.6 Mbit/s over a 150 kbit/s link is dropped at the SFU: {dropped}");
+    // one frame of slack: the snapshot str0m keeps is taken as it polls
+    assert!(max_count <= forward::SEND_QUEUE_MAX_PACKETS + 10, "queue held {max_count} packets");
+    // nothing new joins a queue whose head waited SEND_QUEUE_MAX_AGE; what is
+    // in it still drains at the pacer's rate (unbounded, the head would have
+    // waited most of the 12 s squeeze)
+    assert!(max_age <= forward::SEND_QUEUE_MAX_AGE * 5 / 2, "oldest waited {max_age:?}");
+    eprintln!("squeezed: queue at most {max_count} packets, oldest waited {max_age:?}, {dropped} dropped");
+    assert!(sim.engine.stats().dropped_packets >= dropped);
+
+    // the link is back: the queue drains and video goes on from a keyframe
+    sim.squeeze(view, None, Duration::ZERO);
+    let before = sim.rtp_received(view).len();
+    let dropped = sim.engine.counters.send_queue_full;
+    send(&mut sim, 30 * 8, &mut max_count, &mut max_age);
+    let got = sim.rtp_received(view);
+    let late: Vec<u32> = got[before..].iter().map(|p| u32::from_be_bytes(p.payload[2..6].try_into().unwrap())).collect();
+    assert!(late.iter().any(|f| *f > 30 * 18), "frames sent after the lift arrive ({} packets)", late.len());
+    // (str0m's estimate climbs back over seconds, so the pacer drains slowly:
+    // the bound keeps holding meanwhile)
+    assert!(max_count <= forward::SEND_QUEUE_MAX_PACKETS + 10, "queue held {max_count} packets");
+    eprintln!("after the lift: {} dropped, {} packets arrived", sim.engine.counters.send_queue_full - dropped, late.len());
 }
