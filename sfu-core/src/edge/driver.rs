@@ -142,6 +142,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
     let wildcard = udp_local.ip().is_unspecified();
     let mut local_ips: Vec<IpAddr> = Vec::new();
     let mut shutdown_reply: Option<oneshot::Sender<()>> = None;
+    let mut timeout_last_turn = false;
 
     loop {
         // 1. drain the engine
@@ -218,7 +219,20 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
             let _ = r.send(());
             return Ok(());
         }
-        // 3. wait for the next input
+        // 3. a deadline already due goes first. In the select below the timer is
+        // the last branch, and a saturated SFU finds its socket readable every
+        // time round: str0m then only sends what `write_rtp` queued when a
+        // timeout reaches it, so its send queues grew to seconds of media (the
+        // bench's rooms of 24/32). Every other turn at most, so input is never
+        // starved either.
+        let now = Instant::now();
+        if deadline <= now && !timeout_last_turn {
+            timeout_last_turn = true;
+            engine.handle_timeout(now);
+            continue;
+        }
+        timeout_last_turn = false;
+        // 4. wait for the next input
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::select! {
             biased;
