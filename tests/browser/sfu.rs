@@ -101,7 +101,12 @@ async fn three_participants_see_and_hear_each_other() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     for tab in &tabs {
-        wait_media_flowing(tab, 2, 2, Duration::from_secs(60)).await?;
+        if let Err(e) = wait_media_flowing(tab, 2, 2, Duration::from_secs(60)).await {
+            // Whoever is missing is usually another tab's story: show them all.
+            let others: Vec<String> =
+                tabs.iter().filter(|t| t.label() != tab.label()).map(|t| t.console_tail(40)).collect();
+            anyhow::bail!("{e}\n{}", others.join("\n"));
+        }
     }
     let media_after = started.elapsed();
 

@@ -53,6 +53,7 @@ pub fn enter_private_netns() -> anyhow::Result<()> {
         bail!("unshare(CLONE_NEWNET) failed: {} (browser tests need root)", std::io::Error::last_os_error());
     }
     ip("link set lo up")?;
+    no_ipv6_on_new_links()?;
     ip("link add rbx0 type veth peer name rbx1")?;
     ip(&format!("addr add {LAN_IP}/24 dev rbx0"))?;
     ip("link set rbx0 up")?;
@@ -61,6 +62,19 @@ pub fn enter_private_netns() -> anyhow::Result<()> {
 }
 
 static NEXT_NS: AtomicU32 = AtomicU32::new(0);
+
+/// New interfaces in this namespace get no IPv6. A veth's link-local address
+/// appears a second or two after the link comes up (duplicate address
+/// detection); Chromium, already running by then, takes the address change for
+/// a network change and fails what it is loading with `ERR_NETWORK_CHANGED` —
+/// a tab whose script never loaded never joins. The tests speak IPv4 only.
+fn no_ipv6_on_new_links() -> anyhow::Result<()> {
+    let path = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
+    if std::path::Path::new(path).exists() {
+        std::fs::write(path, "1").map_err(|e| anyhow::anyhow!("writing {path}: {e}"))?;
+    }
+    Ok(())
+}
 
 /// A second network namespace joined to ours by a veth pair:
 /// ours `host_ip`/24 on `host_dev`, theirs `peer_ip`/24, no other route.
@@ -90,6 +104,13 @@ impl LinkedNetns {
         ip(&format!("netns add {name}"))?;
         let ns = LinkedNetns { name, host_dev, host_ip, peer_ip };
         let n = &ns.name;
+        // No IPv6 on either end (see `no_ipv6_on_new_links`): a device moved into
+        // a namespace is set up with that namespace's defaults.
+        no_ipv6_on_new_links()?;
+        sh(
+            "ip",
+            &["netns", "exec", n, "sh", "-c", "! test -e /proc/sys/net/ipv6/conf/default/disable_ipv6 || echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"],
+        )?;
         ip(&format!("link add {} type veth peer name {peer_dev}", ns.host_dev))?;
         ip(&format!("link set {peer_dev} netns {n}"))?;
         ip(&format!("addr add {host_ip}/24 dev {}", ns.host_dev))?;
