@@ -11,7 +11,7 @@ pub struct MediaMetrics {
     pub captured_frames: IntCounterVec,
     /// Camera frames per second over the last second.
     pub capture_fps: Gauge,
-    /// Frames not sent, by reason (`late`, `bad_frame`, `encoder`).
+    /// Frames not sent, by reason (`late`, `bad_frame`, `device`, `encoder`).
     pub dropped_frames: IntCounterVec,
     /// Time to encode one frame, by codec and layer.
     pub encode_seconds: HistogramVec,
@@ -39,7 +39,7 @@ pub struct MediaMetrics {
 impl MediaMetrics {
     pub fn new() -> Result<MediaMetrics, MediaError> {
         let p = "roombox_media_";
-        Ok(MediaMetrics {
+        let m = MediaMetrics {
             captured_frames: IntCounterVec::new(
                 Opts::new(format!("{p}captured_frames_total"), "Frames taken from the camera source"),
                 &["track"],
@@ -92,7 +92,22 @@ impl MediaMetrics {
                 Opts::new(format!("{p}playback_frames_total"), "Remote audio frames played, by how"),
                 &["how"],
             )?,
-        })
+        };
+        // Every series whose labels are known exists from the start at 0, so a
+        // dashboard's `rate()` sees the first refused packet or xrun as an increase
+        // instead of a series appearing from nowhere.
+        for track in ["camera", "microphone"] {
+            m.packets_sent.with_label_values(&[track]);
+            m.packets_refused.with_label_values(&[track]);
+        }
+        m.captured_frames.with_label_values(&["camera"]);
+        for reason in ["late", "bad_frame", "device", "encoder"] {
+            m.dropped_frames.with_label_values(&[reason]);
+        }
+        for direction in ["capture", "playback"] {
+            m.audio_xruns.with_label_values(&[direction]);
+        }
+        Ok(m)
     }
 
     fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
