@@ -7,12 +7,10 @@
 pub enum MediaError {
     #[error("invalid media configuration: {0}")]
     Config(String),
-    #[error("video device {device}: {source}")]
-    VideoDevice {
-        device: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message (and not a `source()`), so a report
+    /// that prints the chain does not say it twice.
+    #[error("video device {device}: {error}")]
+    VideoDevice { device: String, error: std::io::Error },
     #[error("video device {device}: no usable format ({detail})")]
     NoUsableFormat { device: String, detail: String },
     #[error("audio device {device}: {detail}")]

@@ -340,7 +340,7 @@ mod device {
         }
 
         fn start(&mut self) -> Result<(), MediaError> {
-            let dev_err = |source: io::Error| MediaError::VideoDevice { device: self.name.clone(), source };
+            let dev_err = |error: io::Error| MediaError::VideoDevice { device: self.name.clone(), error };
             let mut b = (self.opener)().map_err(dev_err)?;
             let offered = b.formats().map_err(dev_err)?;
             let n = negotiate(
@@ -405,7 +405,7 @@ mod device {
                     self.active = None;
                     Err(MediaError::DeviceLost("camera"))
                 }
-                Err(e) => Err(MediaError::VideoDevice { device: self.name.clone(), source: e }),
+                Err(error) => Err(MediaError::VideoDevice { device: self.name.clone(), error }),
             }
         }
         fn paced(&self) -> bool {
