@@ -8,5 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$SECONDS
 scripts/vm-test setup x86_64   # idempotent: installs only what is missing
-scripts/vm-test run x86_64
+# The probe binary: `cargo test --workspace`, which scripts/test runs before this step, built it
+# (tests/vm/tests/host.rs runs it). `cargo build -p roombox-vm-probe` would resolve features without
+# the workspace's dev-dependencies and rebuild tokio, serde and everything above them: minutes.
+VM_PROBE=${CARGO_TARGET_DIR:-target}/debug/vm-probe scripts/vm-test run x86_64
 echo "==> 30-vm: VM test passed in $((SECONDS - start)) s"
