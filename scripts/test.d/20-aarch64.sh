@@ -14,8 +14,13 @@
 # once. The shipped binary is the `image` profile's (LTO, one codegen unit, opt-level s: a cold
 # build of that alone took 13.7 min here), which `scripts/cross-aarch64 build` makes and
 # docs/boards.md records; set AARCH64_CI_PROFILE=image to have CI build and size that one instead.
+#
+# Dependencies at -O0 (AARCH64_DEPS_OPT_LEVEL, default 0 here; Cargo.toml's dev profile has -O2),
+# except the C libraries the tests lean on: under emulation the tests check behaviour, and the
+# optimiser's time on ~300 crates was most of the step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export AARCH64_DEPS_OPT_LEVEL=${AARCH64_DEPS_OPT_LEVEL-0}
 start=$SECONDS
 scripts/cross-aarch64 setup
 t=$SECONDS
