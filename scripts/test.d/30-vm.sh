@@ -11,5 +11,11 @@ scripts/vm-test setup x86_64   # idempotent: installs only what is missing
 # The probe binary: `cargo test --workspace`, which scripts/test runs before this step, built it
 # (tests/vm/tests/host.rs runs it). `cargo build -p roombox-vm-probe` would resolve features without
 # the workspace's dev-dependencies and rebuild tokio, serde and everything above them: minutes.
-VM_PROBE=${CARGO_TARGET_DIR:-target}/debug/vm-probe scripts/vm-test run x86_64
+# Run on its own before any `cargo test`, the step builds the probe itself.
+probe=${CARGO_TARGET_DIR:-target}/debug/vm-probe
+if [[ -x $probe ]]; then
+    VM_PROBE=$probe scripts/vm-test run x86_64
+else
+    scripts/vm-test run x86_64
+fi
 echo "==> 30-vm: VM test passed in $((SECONDS - start)) s"
