@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sfu_core::SfuConfig;
 use sfu_core::engine::{Engine, Output};
 use sfu_core::local::{LocalCodec, LocalEvent, LocalJoin, LocalPacket, LocalSubscription, LocalTrackSpec};
 use sfu_core::media::rewrite::Rewriter;
 use sfu_core::protocol::{TrackKind, TrackSource};
-use sfu_core::SfuConfig;
 
 fn rtp_rewrite(c: &mut Criterion) {
     let mut g = c.benchmark_group("rtp_rewrite");
@@ -108,7 +108,13 @@ fn room(n: usize, kind: TrackKind) -> (Engine, u64) {
     for i in 0..n {
         e.join_local(
             now,
-            LocalJoin { room: "bench".into(), identity: format!("s{i}"), name: None, publish: Vec::new(), subscribe: sub },
+            LocalJoin {
+                room: "bench".into(),
+                identity: format!("s{i}"),
+                name: None,
+                publish: Vec::new(),
+                subscribe: sub,
+            },
         )
         .expect("subscriber joins");
     }
@@ -157,7 +163,9 @@ fn room_fanout(c: &mut Criterion) {
     let mut vp8 = vec![0x90, 0x80, 0x80, 0x01, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a];
     vp8.resize(1100, 0x5a);
     let vp8 = Bytes::from(vp8);
-    for (name, kind, payload) in [("room_fanout_audio", TrackKind::Audio, &audio), ("room_fanout_vp8", TrackKind::Video, &vp8)] {
+    for (name, kind, payload) in
+        [("room_fanout_audio", TrackKind::Audio, &audio), ("room_fanout_vp8", TrackKind::Video, &vp8)]
+    {
         let video = kind == TrackKind::Video;
         let mut g = c.benchmark_group(name);
         for n in [1usize, 8, 32] {

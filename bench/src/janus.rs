@@ -222,10 +222,10 @@ impl Session {
                 if ev["janus"] == "keepalive" {
                     continue;
                 }
-                if let Some(sender) = ev["sender"].as_u64() {
-                    if let Some(tx) = self.routes.lock().await.get(&sender) {
-                        let _ = tx.send(ev);
-                    }
+                if let Some(sender) = ev["sender"].as_u64()
+                    && let Some(tx) = self.routes.lock().await.get(&sender)
+                {
+                    let _ = tx.send(ev);
                 }
             }
         }
@@ -233,7 +233,10 @@ impl Session {
 
     pub async fn attach(&self) -> anyhow::Result<Handle> {
         let r = self
-            .post(format!("/janus/{}", self.id), json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}))
+            .post(
+                format!("/janus/{}", self.id),
+                json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}),
+            )
             .await?;
         let id = r["data"]["id"].as_u64().ok_or_else(|| anyhow!("janus attach: {r}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -243,13 +246,20 @@ impl Session {
 
     /// A synchronous plugin request (e.g. `create`): the plugin's reply data.
     pub async fn request(&self, h: &Handle, body: Value) -> anyhow::Result<Value> {
-        let r = self.post(format!("/janus/{}/{}", self.id, h.id), json!({"janus": "message", "body": body})).await?;
+        let r = self
+            .post(format!("/janus/{}/{}", self.id, h.id), json!({"janus": "message", "body": body}))
+            .await?;
         Ok(r["plugindata"]["data"].clone())
     }
 
     /// An asynchronous plugin request: waits for the event it causes (plugin
     /// data and, when there is one, the JSEP).
-    pub async fn message(&self, h: &mut Handle, body: Value, jsep: Option<Value>) -> anyhow::Result<(Value, Option<Value>)> {
+    pub async fn message(
+        &self,
+        h: &mut Handle,
+        body: Value,
+        jsep: Option<Value>,
+    ) -> anyhow::Result<(Value, Option<Value>)> {
         let mut msg = json!({"janus": "message", "body": body});
         if let Some(j) = jsep {
             msg["jsep"] = j;
@@ -299,7 +309,12 @@ pub async fn create_room(s: &Session, room: u64, publishers: usize) -> anyhow::R
 }
 
 /// Join `room` as a publisher with `offer`; returns (feed id, answer SDP, handle).
-pub async fn publish(s: &Session, room: u64, display: &str, offer: &str) -> anyhow::Result<(u64, String, Handle)> {
+pub async fn publish(
+    s: &Session,
+    room: u64,
+    display: &str,
+    offer: &str,
+) -> anyhow::Result<(u64, String, Handle)> {
     let mut h = s.attach().await?;
     let (data, jsep) = s
         .message(
@@ -336,14 +351,21 @@ pub async fn subscribe_offer(s: &Session, room: u64, feed: u64) -> anyhow::Resul
 
 /// Complete a subscription with the client's answer, and pick the simulcast layer.
 pub async fn subscribe_start(s: &Session, h: &mut Handle, answer: &str, substream: u8) -> anyhow::Result<()> {
-    let (data, _) = s.message(h, json!({"request": "start"}), Some(json!({"type": "answer", "sdp": answer}))).await?;
+    let (data, _) =
+        s.message(h, json!({"request": "start"}), Some(json!({"type": "answer", "sdp": answer}))).await?;
     if data["started"] != "ok" && data["videoroom"] != "event" {
         bail!("subscriber start: {data}");
     }
     // Janus 1.x picks the layer per stream, by the subscriber-side mid of the video m-line.
-    let video_mid = crate::sdp::summarize(answer).mlines.into_iter().find(|m| m.kind == "video").map(|m| m.mid);
+    let video_mid =
+        crate::sdp::summarize(answer).mlines.into_iter().find(|m| m.kind == "video").map(|m| m.mid);
     if let Some(mid) = video_mid {
-        s.message(h, json!({"request": "configure", "streams": [{"mid": mid, "substream": substream}]}), None).await?;
+        s.message(
+            h,
+            json!({"request": "configure", "streams": [{"mid": mid, "substream": substream}]}),
+            None,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -36,5 +36,5 @@ pub mod scenario;
 pub mod sdp;
 pub mod signal;
 pub mod stamp;
-pub mod tap;
 pub mod suite;
+pub mod tap;

@@ -13,7 +13,9 @@ use roombox_bench::report;
 use roombox_bench::scenario::{self, Env, Kind, Spec, Workload};
 
 #[derive(Parser)]
-#[command(about = "roombox's measuring instruments: the same WebRTC load against roombox, the floor and Janus")]
+#[command(
+    about = "roombox's measuring instruments: the same WebRTC load against roombox, the floor and Janus"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -124,16 +126,27 @@ impl Common {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,str0m=error".into()),
-    ).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,str0m=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Sfu { config } => sfu_core::standalone::run_from_config(&config),
         Cmd::Floor { http, udp, batch } => floor::run(FloorConfig { http, udp, batch }),
         Cmd::Smoke(c) => runtime()?.block_on(smoke(c)),
         Cmd::Run { c, family, n, repeat } => runtime()?.block_on(run_one(c, &family, n, repeat)),
-        Cmd::Suite { c, doc, repeat } => runtime()?.block_on(roombox_bench::suite::suite(c.env()?, c.kinds(), doc, repeat, |w| c.spec(w), &c.out)),
+        Cmd::Suite { c, doc, repeat } => runtime()?.block_on(roombox_bench::suite::suite(
+            c.env()?,
+            c.kinds(),
+            doc,
+            repeat,
+            |w| c.spec(w),
+            &c.out,
+        )),
     }
 }
 
@@ -150,7 +163,9 @@ async fn smoke(c: Common) -> anyhow::Result<()> {
     for name in c.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match Kind::parse(name) {
             None => bad.push(format!("{name}: unknown server (floor, roombox, janus)")),
-            Some(k) if !runnable.contains(&k) => bad.push(format!("{name}: not runnable here (janus: apt-get install -y janus)")),
+            Some(k) if !runnable.contains(&k) => {
+                bad.push(format!("{name}: not runnable here (janus: apt-get install -y janus)"))
+            }
             Some(_) => {}
         }
     }
@@ -162,7 +177,12 @@ async fn smoke(c: Common) -> anyhow::Result<()> {
             Ok(r) => {
                 println!("{}", report::row(&r));
                 if r.forwarded_packets == 0 || r.subscriptions_flowing < r.subscriptions {
-                    bad.push(format!("{}: {} of {} subscriptions got packets", k.name(), r.subscriptions_flowing, r.subscriptions));
+                    bad.push(format!(
+                        "{}: {} of {} subscriptions got packets",
+                        k.name(),
+                        r.subscriptions_flowing,
+                        r.subscriptions
+                    ));
                 }
             }
             Err(e) => bad.push(format!("{}: {e:#}", k.name())),
@@ -186,9 +206,15 @@ async fn run_one(c: Common, family: &str, n: usize, repeat: usize) -> anyhow::Re
     let mut all = Vec::new();
     for _ in 0..repeat {
         for k in c.kinds() {
-            let r = scenario::run(k, &env, &c.spec(w)).await.with_context(|| format!("{} {}", k.name(), w.label()))?;
+            let r = scenario::run(k, &env, &c.spec(w))
+                .await
+                .with_context(|| format!("{} {}", k.name(), w.label()))?;
             println!("{}", report::row(&r));
-            println!("  RSS: server {:.1} MB, bench clients {:.1} MB", r.rss_kb as f64 / 1024.0, r.client_rss_kb as f64 / 1024.0);
+            println!(
+                "  RSS: server {:.1} MB, bench clients {:.1} MB",
+                r.rss_kb as f64 / 1024.0,
+                r.client_rss_kb as f64 / 1024.0
+            );
             if let Some(i) = r.instructions_per_pkt {
                 println!("  {}: {i:.0} instructions per forwarded packet (callgrind, window only)", k.name());
             }

@@ -45,7 +45,10 @@ pub fn parse_stat_sys_ticks(stat: &str) -> Option<u64> {
 }
 
 pub fn parse_vm_rss_kb(status: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn sched_ns(pid: u32) -> u64 {
@@ -57,7 +60,8 @@ fn sched_ns(pid: u32) -> u64 {
 }
 
 pub fn sample(pid: u32) -> anyhow::Result<Sample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid} is gone"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     Ok(Sample {
         at: Instant::now(),

@@ -104,7 +104,13 @@ pub fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
 fn set_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: v lives for the call; the length matches its type.
     cvt(unsafe {
-        libc::setsockopt(fd, level, name, &v as *const libc::c_int as *const libc::c_void, size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &v as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        )
     })?;
     Ok(())
 }
@@ -335,7 +341,10 @@ impl SendBatch {
         self.iovs.clear();
         self.hdrs.clear();
         for i in 0..self.n {
-            self.iovs.push(libc::iovec { iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void, iov_len: self.lens[i] });
+            self.iovs.push(libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: self.lens[i],
+            });
         }
         for i in 0..self.n {
             // SAFETY: zeroed, then pointed at live buffers.

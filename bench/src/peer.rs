@@ -151,12 +151,14 @@ impl Peer {
         let rids: Vec<Rid> = profile.layers.iter().map(|l| Rid::from(l.rid)).collect();
         let mut api = rtc.sdp_api();
         let stream = Some(format!("pub{pub_id}"));
-        let audio_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, stream.clone(), Some("mic".into()), None);
+        let audio_mid =
+            api.add_media(MediaKind::Audio, Direction::SendOnly, stream.clone(), Some("mic".into()), None);
         let mut sim = Simulcast::new();
         for l in &profile.layers {
             sim.add_send_layer(SimulcastLayer::new(l.rid));
         }
-        let video_mid = api.add_media(MediaKind::Video, Direction::SendOnly, stream, Some("cam".into()), Some(sim));
+        let video_mid =
+            api.add_media(MediaKind::Video, Direction::SendOnly, stream, Some("cam".into()), Some(sim));
         let (offer, pending) = api.apply().ok_or_else(|| anyhow!("no SDP changes to offer"))?;
         let source = Source::new(profile, started, pub_id as u16);
         let peer = Peer {
@@ -290,7 +292,13 @@ impl Peer {
 
     /// React to one str0m event; `rx_ns` is the kernel receive time of the
     /// datagram that produced it (0 when it came from a timeout).
-    pub fn on_event(&mut self, ev: Event, now: Instant, rx_ns: u64, latency: &mut hdrhistogram::Histogram<u64>) {
+    pub fn on_event(
+        &mut self,
+        ev: Event,
+        now: Instant,
+        rx_ns: u64,
+        latency: &mut hdrhistogram::Histogram<u64>,
+    ) {
         match ev {
             Event::Connected => {
                 self.connected_at.get_or_insert(now);
@@ -307,7 +315,11 @@ impl Peer {
                 s.received += 1;
                 s.received_total += 1;
                 let seq = *pkt.seq_no;
-                let t = s.streams.entry(*pkt.header.ssrc).or_insert(SeqTrack { first: seq, max: seq, received: 0 });
+                let t = s.streams.entry(*pkt.header.ssrc).or_insert(SeqTrack {
+                    first: seq,
+                    max: seq,
+                    received: 0,
+                });
                 t.received += 1;
                 t.first = t.first.min(seq);
                 t.max = t.max.max(seq);

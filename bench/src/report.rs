@@ -11,7 +11,19 @@ use crate::scenario::{Kind, RunResult, Workload};
 pub fn header() -> String {
     format!(
         "| {:<8} | {:<14} | {:>7} | {:>6} | {:>9} | {:>9} | {:>5} | {:>8} | {:>8} | {:>8} | {:>6} | {:>9} | {:>8} |",
-        "server", "workload", "pkt/s", "Mbps", "CPU-µs/pk", "(sched)", "sys%", "p50 µs", "p99 µs", "max µs", "loss%", "join ms", "RSS MB"
+        "server",
+        "workload",
+        "pkt/s",
+        "Mbps",
+        "CPU-µs/pk",
+        "(sched)",
+        "sys%",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "loss%",
+        "join ms",
+        "RSS MB"
     ) + "\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 }
 
@@ -46,7 +58,9 @@ pub fn medians(results: &[RunResult]) -> BTreeMap<(Kind, String, usize), RunResu
         .into_iter()
         .map(|(k, v)| {
             let mut m = v[v.len() / 2].clone();
-            let med = |f: &dyn Fn(&RunResult) -> f64| measure::median(&mut v.iter().map(|r| f(r)).collect::<Vec<_>>());
+            let med = |f: &dyn Fn(&RunResult) -> f64| {
+                measure::median(&mut v.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
             m.cpu_us_per_pkt = med(&|r| r.cpu_us_per_pkt);
             m.cpu_us_per_pkt_sched = med(&|r| r.cpu_us_per_pkt_sched);
             m.pps = med(&|r| r.pps);
@@ -64,7 +78,11 @@ pub fn medians(results: &[RunResult]) -> BTreeMap<(Kind, String, usize), RunResu
 
 /// The CPU figure the ratios use: schedstat when present (finer), else stat ticks.
 pub fn cpu(r: &RunResult) -> f64 {
-    if r.cpu_us_per_pkt_sched.is_finite() && r.cpu_us_per_pkt_sched > 0.0 { r.cpu_us_per_pkt_sched } else { r.cpu_us_per_pkt }
+    if r.cpu_us_per_pkt_sched.is_finite() && r.cpu_us_per_pkt_sched > 0.0 {
+        r.cpu_us_per_pkt_sched
+    } else {
+        r.cpu_us_per_pkt
+    }
 }
 
 /// Ratios per workload: roombox ÷ floor and Janus ÷ roombox (CPU per packet).
@@ -106,7 +124,9 @@ pub fn rss_slopes(results: &[RunResult]) -> BTreeMap<(Kind, String), f64> {
             Workload::Fanout(n) => n + 1,
             Workload::Room(n) => n * n,
         };
-        pts.entry((r.server, r.workload.family().into())).or_default().push((connections as f64, r.rss_kb as f64 / 1024.0));
+        pts.entry((r.server, r.workload.family().into()))
+            .or_default()
+            .push((connections as f64, r.rss_kb as f64 / 1024.0));
     }
     pts.into_iter().filter_map(|(k, p)| measure::linear_fit(&p).map(|(m, _)| (k, m))).collect()
 }
@@ -148,23 +168,51 @@ pub fn svg_chart(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
         (w - mr + ml) / 2.0
     );
-    let _ = writeln!(s, "<line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - mb, w - mr, h - mb);
+    let _ = writeln!(
+        s,
+        "<line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        h - mb,
+        w - mr,
+        h - mb
+    );
     let _ = writeln!(s, "<line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{}\" stroke=\"black\"/>", h - mb);
     let mut x = 1.0;
     while x <= xmax * 1.001 {
         if x >= xmin * 0.999 {
             let px = lx(x);
-            let _ = writeln!(s, "<line x1=\"{px}\" y1=\"{}\" x2=\"{px}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{px}\" y=\"{}\" text-anchor=\"middle\">{x}</text>", mt, h - mb, h - mb + 16.0);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{px}\" y1=\"{}\" x2=\"{px}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{px}\" y=\"{}\" text-anchor=\"middle\">{x}</text>",
+                mt,
+                h - mb,
+                h - mb + 16.0
+            );
         }
         x *= 2.0;
     }
     for i in 0..=4 {
         let y = ymax / 1.1 * i as f64 / 4.0;
         let py = ly(y);
-        let _ = writeln!(s, "<line x1=\"{ml}\" y1=\"{py}\" x2=\"{}\" y2=\"{py}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.1}</text>", w - mr, ml - 6.0, py + 4.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{ml}\" y1=\"{py}\" x2=\"{}\" y2=\"{py}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.1}</text>",
+            w - mr,
+            ml - 6.0,
+            py + 4.0
+        );
     }
-    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", (w - mr + ml) / 2.0, h - 8.0, if family == "fanout" { "subscribers of one publisher" } else { "participants, all-to-all" });
-    let _ = writeln!(s, "<text transform=\"translate(14,{}) rotate(-90)\" text-anchor=\"middle\">{ylabel}</text>", (h - mb + mt) / 2.0);
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        (w - mr + ml) / 2.0,
+        h - 8.0,
+        if family == "fanout" { "subscribers of one publisher" } else { "participants, all-to-all" }
+    );
+    let _ = writeln!(
+        s,
+        "<text transform=\"translate(14,{}) rotate(-90)\" text-anchor=\"middle\">{ylabel}</text>",
+        (h - mb + mt) / 2.0
+    );
     for (i, (k, pts)) in series.iter().enumerate() {
         let color = match k {
             Kind::Floor => "#2a9d8f",
@@ -172,12 +220,25 @@ pub fn svg_chart(
             Kind::Janus => "#264653",
         };
         let d: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", lx(*x), ly(*y))).collect();
-        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", d.join(" "));
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            d.join(" ")
+        );
         for (x, y) in pts {
-            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", lx(*x), ly(*y));
+            let _ =
+                writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", lx(*x), ly(*y));
         }
         let ty = mt + 20.0 + i as f64 * 18.0;
-        let _ = writeln!(s, "<line x1=\"{}\" y1=\"{ty}\" x2=\"{}\" y2=\"{ty}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>", w - mr + 10.0, w - mr + 30.0, w - mr + 35.0, ty + 4.0, k.name());
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" y1=\"{ty}\" x2=\"{}\" y2=\"{ty}\" stroke=\"{color}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            w - mr + 10.0,
+            w - mr + 30.0,
+            w - mr + 35.0,
+            ty + 4.0,
+            k.name()
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -207,9 +268,15 @@ mod tests {
 
     #[test]
     fn only_the_marked_section_changes() {
-        let doc = "# P\nintro\n<!-- bench:t:begin -->\nold\n<!-- bench:t:end -->\n## Media pipeline\nkeep me\n";
+        let doc =
+            "# P\nintro\n<!-- bench:t:begin -->\nold\n<!-- bench:t:end -->\n## Media pipeline\nkeep me\n";
         let out = replace_section(doc, "t", "new table").unwrap();
-        assert!(out.contains("new table") && !out.contains("old") && out.contains("keep me") && out.contains("intro"));
+        assert!(
+            out.contains("new table")
+                && !out.contains("old")
+                && out.contains("keep me")
+                && out.contains("intro")
+        );
         assert_eq!(replace_section(&out, "t", "new table").unwrap(), out, "idempotent");
         assert!(replace_section(doc, "missing", "x").is_none());
     }

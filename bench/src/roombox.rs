@@ -41,7 +41,13 @@ impl Roombox {
 
     /// Start `bench` (this binary) as `bench sfu --config …` with a config
     /// written into `dir`. Waits until its HTTP port answers.
-    pub fn start(bench: &Path, dir: &Path, http: SocketAddr, udp: SocketAddr, callgrind: bool) -> anyhow::Result<Roombox> {
+    pub fn start(
+        bench: &Path,
+        dir: &Path,
+        http: SocketAddr,
+        udp: SocketAddr,
+        callgrind: bool,
+    ) -> anyhow::Result<Roombox> {
         std::fs::create_dir_all(dir)?;
         let secret = dir.join("jwt.secret");
         std::fs::write(&secret, SECRET)?;

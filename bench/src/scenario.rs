@@ -132,7 +132,8 @@ pub fn wrapped(bin: &std::path::Path, dir: &std::path::Path, callgrind: bool) ->
 
 /// `callgrind_control ARG PID` (zero the counters, or dump them).
 fn callgrind_control(arg: &str, pid: u32) -> anyhow::Result<()> {
-    let st = Command::new("callgrind_control").arg(arg).arg(pid.to_string()).stdout(Stdio::null()).status()?;
+    let st =
+        Command::new("callgrind_control").arg(arg).arg(pid.to_string()).stdout(Stdio::null()).status()?;
     if !st.success() {
         bail!("callgrind_control {arg} {pid} failed");
     }
@@ -290,7 +291,8 @@ impl Server {
                 let http = SocketAddr::new(loopback, free_port_tcp(loopback)?);
                 let udp = SocketAddr::new(env.ip, free_port_udp(env.ip)?);
                 let cg = env.callgrind;
-                let rb = tokio::task::spawn_blocking(move || Roombox::start(&bin, &dir, http, udp, cg)).await??;
+                let rb =
+                    tokio::task::spawn_blocking(move || Roombox::start(&bin, &dir, http, udp, cg)).await??;
                 let pid = rb.pid();
                 let base = rb.base_url();
                 Ok(Server {
@@ -306,7 +308,8 @@ impl Server {
             Kind::Janus => {
                 let port = free_port_tcp(loopback)?;
                 let ip = env.ip;
-                let j = tokio::task::spawn_blocking(move || Janus::start(&dir, port, ip, (42000, 44999))).await??;
+                let j = tokio::task::spawn_blocking(move || Janus::start(&dir, port, ip, (42000, 44999)))
+                    .await??;
                 let pid = j.pid();
                 let session = janus::Session::create(&format!("http://{}", j.http)).await?;
                 Ok(Server {
@@ -342,7 +345,13 @@ impl Server {
     }
 
     async fn janus_room(&self, room: &str) -> anyhow::Result<u64> {
-        self.rooms.lock().await.iter().find(|(n, _)| n == room).map(|(_, id)| *id).ok_or_else(|| anyhow!("room {room} not opened"))
+        self.rooms
+            .lock()
+            .await
+            .iter()
+            .find(|(n, _)| n == room)
+            .map(|(_, id)| *id)
+            .ok_or_else(|| anyhow!("room {room} not opened"))
     }
 
     /// Publish `identity` into `room`; the peer goes to `host`.
@@ -355,7 +364,8 @@ impl Server {
         ip: IpAddr,
         host: &Host,
     ) -> anyhow::Result<PubRef> {
-        let pending = Peer::publisher(format!("{}:{identity}", self.kind.name()), ip, profile.clone(), pub_id)?;
+        let pending =
+            Peer::publisher(format!("{}:{identity}", self.kind.name()), ip, profile.clone(), pub_id)?;
         let mut feed = None;
         let answer = match self.kind {
             Kind::Janus => {
@@ -368,7 +378,8 @@ impl Server {
             }
             Kind::Roombox | Kind::Floor => {
                 let w = self.whip.as_ref().ok_or_else(|| anyhow!("no WHIP client"))?;
-                let token = if self.kind == Kind::Roombox { Some(roombox::token(room, identity)?) } else { None };
+                let token =
+                    if self.kind == Kind::Roombox { Some(roombox::token(room, identity)?) } else { None };
                 w.offer(&format!("/whip/{room}"), &pending.offer, token.as_deref(), Some(identity)).await?.sdp
             }
         };
@@ -379,7 +390,14 @@ impl Server {
     }
 
     /// Subscribe `who` to `publisher` at `layer` (0 = q … 2 = f); the peer goes to `host`.
-    pub async fn subscribe(&self, publisher: &PubRef, who: &str, layer: usize, ip: IpAddr, host: &Host) -> anyhow::Result<()> {
+    pub async fn subscribe(
+        &self,
+        publisher: &PubRef,
+        who: &str,
+        layer: usize,
+        ip: IpAddr,
+        host: &Host,
+    ) -> anyhow::Result<()> {
         let label = format!("{}:{who}<-{}", self.kind.name(), publisher.identity);
         match self.kind {
             Kind::Janus => {
@@ -398,7 +416,10 @@ impl Server {
                 let pending = Peer::subscriber_offer(label, ip)?;
                 let rid = ["q", "h", "f"].get(layer).copied().unwrap_or("f");
                 let (path, token) = if self.kind == Kind::Roombox {
-                    (format!("/whep/{}/{}", publisher.room, publisher.identity), Some(roombox::token(&publisher.room, who)?))
+                    (
+                        format!("/whep/{}/{}", publisher.room, publisher.identity),
+                        Some(roombox::token(&publisher.room, who)?),
+                    )
                 } else {
                     (format!("/whep/{}/{}?layer={rid}", publisher.room, publisher.identity), None)
                 };
@@ -424,23 +445,38 @@ pub async fn run(kind: Kind, env: &Env, spec: &Spec) -> anyhow::Result<RunResult
     res
 }
 
-async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, idle: measure::Sample) -> anyhow::Result<RunResult> {
+async fn run_on(
+    server: &Arc<Server>,
+    host: &Arc<Host>,
+    env: &Env,
+    spec: &Spec,
+    idle: measure::Sample,
+) -> anyhow::Result<RunResult> {
     let ip = env.ip;
     let w = spec.workload;
     let layer = w.layer();
     // Who publishes, and who watches whom.
     let (pubs, pairs): (Vec<(String, String)>, Vec<(usize, String)>) = match w {
-        Workload::Fanout(n) => (vec![("bench".into(), "p0".into())], (0..n).map(|i| (0, format!("s{i}"))).collect()),
+        Workload::Fanout(n) => {
+            (vec![("bench".into(), "p0".into())], (0..n).map(|i| (0, format!("s{i}"))).collect())
+        }
         Workload::Room(n) => (
             (0..n).map(|i| ("bench".to_string(), format!("p{i}"))).collect(),
             // Each watching session gets its own identity: servers keep one session per identity.
-            (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (j, format!("p{i}-sees-p{j}")))).collect(),
+            (0..n)
+                .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (j, format!("p{i}-sees-p{j}"))))
+                .collect(),
         ),
     };
     server.open_room("bench", pubs.len()).await?;
     let mut refs = Vec::new();
     for (i, (room, id)) in pubs.iter().enumerate() {
-        refs.push(server.publish(room, id, i as u32 + 1, &spec.profile, ip, host).await.with_context(|| format!("publishing {id}"))?);
+        refs.push(
+            server
+                .publish(room, id, i as u32 + 1, &spec.profile, ip, host)
+                .await
+                .with_context(|| format!("publishing {id}"))?,
+        );
     }
     let refs = Arc::new(refs);
     // Subscribers join once the publishers' connections are up (Janus refuses a
@@ -466,10 +502,15 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
             let refs = refs.clone();
             let failures = failures.clone();
             async move {
-                if failures.load(std::sync::atomic::Ordering::Relaxed) >= give_up_after || Instant::now() > join_budget {
+                if failures.load(std::sync::atomic::Ordering::Relaxed) >= give_up_after
+                    || Instant::now() > join_budget
+                {
                     bail!("skipped {who}: the server refused or timed out too many joins");
                 }
-                let r = server.subscribe(&refs[p], &who, layer, ip, &host).await.with_context(|| format!("subscribing {who}"));
+                let r = server
+                    .subscribe(&refs[p], &who, layer, ip, &host)
+                    .await
+                    .with_context(|| format!("subscribing {who}"));
                 if r.is_err() {
                     failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -479,7 +520,8 @@ async fn run_on(server: &Arc<Server>, host: &Arc<Host>, env: &Env, spec: &Spec, 
         .buffer_unordered(8)
         .collect()
         .await;
-    let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}"))).collect();
+    let failed: Vec<String> =
+        results.iter().filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}"))).collect();
     if failed.len() == results.len() && !results.is_empty() {
         bail!("every subscription failed; first: {}", failed[0]);
     }

@@ -65,7 +65,9 @@ pub fn machine() -> Machine {
     Machine {
         cpu: cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
             .unwrap_or_else(|| "unknown".into()),
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         kernel: sh("uname", &["-r"]),
@@ -157,7 +159,10 @@ pub async fn suite(
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let m = machine();
-    println!("machine: {} × {} cores, kernel {}, {}, load {}", m.cpu, m.cores, m.kernel, m.date_utc, m.load_at_start);
+    println!(
+        "machine: {} × {} cores, kernel {}, {}, load {}",
+        m.cpu, m.cores, m.kernel, m.date_utc, m.load_at_start
+    );
     println!("{}", report::header());
     let mut all: Vec<RunResult> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
@@ -166,14 +171,19 @@ pub async fn suite(
     let mut collapsed: std::collections::BTreeMap<(Kind, &'static str), usize> = Default::default();
     for w in plan(repeat) {
         for &k in &kinds {
-            if let Some(&at) = collapsed.get(&(k, w.family())) {
-                if w.n() > at {
-                    skipped.push(format!("{} {}: collapsed at {}", k.name(), w.label(), at));
-                    continue;
-                }
+            if let Some(&at) = collapsed.get(&(k, w.family()))
+                && w.n() > at
+            {
+                skipped.push(format!("{} {}: collapsed at {}", k.name(), w.label(), at));
+                continue;
             }
             if t0.elapsed() + RUN_CAP > SUITE_BUDGET {
-                skipped.push(format!("{} {}: suite time budget ({} s) spent", k.name(), w.label(), SUITE_BUDGET.as_secs()));
+                skipped.push(format!(
+                    "{} {}: suite time budget ({} s) spent",
+                    k.name(),
+                    w.label(),
+                    SUITE_BUDGET.as_secs()
+                ));
                 continue;
             }
             let mut sp = spec(w);
@@ -193,8 +203,18 @@ pub async fn suite(
                     collapsed.entry((k, w.family())).or_insert(w.n());
                 }
                 Err(_) => {
-                    eprintln!("{} {}: stopped after {} s (run cap)", k.name(), w.label(), started.elapsed().as_secs());
-                    skipped.push(format!("{} {}: stopped at the {} s run cap", k.name(), w.label(), RUN_CAP.as_secs()));
+                    eprintln!(
+                        "{} {}: stopped after {} s (run cap)",
+                        k.name(),
+                        w.label(),
+                        started.elapsed().as_secs()
+                    );
+                    skipped.push(format!(
+                        "{} {}: stopped at the {} s run cap",
+                        k.name(),
+                        w.label(),
+                        RUN_CAP.as_secs()
+                    ));
                     collapsed.entry((k, w.family())).or_insert(w.n());
                 }
             }
@@ -225,20 +245,36 @@ pub async fn suite(
         machine: &m,
         elapsed_s: elapsed,
         medians: med.values().collect(),
-        rss_mb_per_connection: slopes.iter().map(|((k, f), s)| (k.name().to_string(), f.clone(), *s)).collect(),
+        rss_mb_per_connection: slopes
+            .iter()
+            .map(|((k, f), s)| (k.name().to_string(), f.clone(), *s))
+            .collect(),
         idle_roomboxd_kb: idle,
         not_measured: &skipped,
     };
     report::write_json(&out.join("summary.json"), &summary)?;
     let charts = [
-        ("fanout-cpu.svg", "fanout", "CPU-µs per forwarded packet, 1 publisher → N subscribers", "CPU-µs / packet", 0),
+        (
+            "fanout-cpu.svg",
+            "fanout",
+            "CPU-µs per forwarded packet, 1 publisher → N subscribers",
+            "CPU-µs / packet",
+            0,
+        ),
         ("room-cpu.svg", "room", "CPU-µs per forwarded packet, rooms of N all-to-all", "CPU-µs / packet", 0),
-        ("fanout-latency.svg", "fanout", "added latency p99, 1 publisher → N subscribers", "p99 latency, µs", 1),
+        (
+            "fanout-latency.svg",
+            "fanout",
+            "added latency p99, 1 publisher → N subscribers",
+            "p99 latency, µs",
+            1,
+        ),
         ("room-latency.svg", "room", "added latency p99, rooms of N all-to-all", "p99 latency, µs", 1),
     ];
     let svg_dir = doc.as_ref().and_then(|d| d.parent()).map(|d| d.join("bench"));
     for (file, fam, title, ylabel, which) in charts {
-        let metric: &dyn Fn(&RunResult) -> f64 = if which == 0 { &cpu } else { &|r: &RunResult| r.lat_p99_us as f64 };
+        let metric: &dyn Fn(&RunResult) -> f64 =
+            if which == 0 { &cpu } else { &|r: &RunResult| r.lat_p99_us as f64 };
         let svg = report::svg_chart(&med, fam, title, ylabel, metric);
         std::fs::write(out.join(file), &svg)?;
         if let Some(d) = &svg_dir {
@@ -247,7 +283,8 @@ pub async fn suite(
         }
     }
     if let Some(doc) = doc {
-        rewrite_doc(&doc, &m, &all, &med, &ratios, &slopes, idle, elapsed, &skipped).with_context(|| format!("rewriting {}", doc.display()))?;
+        rewrite_doc(&doc, &m, &all, &med, &ratios, &slopes, idle, elapsed, &skipped)
+            .with_context(|| format!("rewriting {}", doc.display()))?;
         println!("rewrote the bench sections of {}", doc.display());
     }
     Ok(())
@@ -305,7 +342,9 @@ capped at {} s and the suite at {} s): {}.",
     ] {
         match report::replace_section(&text, name, &body) {
             Some(t) => text = t,
-            None => eprintln!("{}: no <!-- bench:{name}:begin/end --> markers; section left alone", doc.display()),
+            None => {
+                eprintln!("{}: no <!-- bench:{name}:begin/end --> markers; section left alone", doc.display())
+            }
         }
     }
     std::fs::write(doc, text)?;
@@ -324,23 +363,55 @@ pub fn targets(
     let heavy = rb.iter().filter(|r| r.pps >= 20_000.0).max_by(|a, b| a.pps.total_cmp(&b.pps));
     match heavy {
         Some(r) => {
-            let _ = writeln!(s, "| ≤ 2.5 CPU-µs/packet at ≥ 20 000 packets/s | {:.2} µs at {:.0} packets/s ({}) | {} |", cpu(r), r.pps, r.workload.label(), yes(cpu(r) <= 2.5));
-            let _ = writeln!(s, "| added latency p99 ≤ 1 ms at that load | p99 {} µs, max {} µs | {} |", r.lat_p99_us, r.lat_max_us, yes(r.lat_p99_us <= 1000));
-            let _ = writeln!(s, "| 0 loss on loopback at that load | {} lost ({:.3} %) | {} |", r.lost, r.loss_pct, yes(r.lost == 0));
+            let _ = writeln!(
+                s,
+                "| ≤ 2.5 CPU-µs/packet at ≥ 20 000 packets/s | {:.2} µs at {:.0} packets/s ({}) | {} |",
+                cpu(r),
+                r.pps,
+                r.workload.label(),
+                yes(cpu(r) <= 2.5)
+            );
+            let _ = writeln!(
+                s,
+                "| added latency p99 ≤ 1 ms at that load | p99 {} µs, max {} µs | {} |",
+                r.lat_p99_us,
+                r.lat_max_us,
+                yes(r.lat_p99_us <= 1000)
+            );
+            let _ = writeln!(
+                s,
+                "| 0 loss on loopback at that load | {} lost ({:.3} %) | {} |",
+                r.lost,
+                r.loss_pct,
+                yes(r.lost == 0)
+            );
         }
         None => {
-            let _ = writeln!(s, "| ≤ 2.5 CPU-µs/packet at ≥ 20 000 packets/s | no roombox run reached 20 000 packets/s | **no** |");
+            let _ = writeln!(
+                s,
+                "| ≤ 2.5 CPU-µs/packet at ≥ 20 000 packets/s | no roombox run reached 20 000 packets/s | **no** |"
+            );
         }
     }
     if let Some(v) = slopes.get(&(Kind::Roombox, "fanout".into())) {
-        let _ = writeln!(s, "| ≤ 0.5 MB RSS per participant | {v:.3} MB (slope over the fanout curve, one connection each) | {} |", yes(*v <= 0.5));
+        let _ = writeln!(
+            s,
+            "| ≤ 0.5 MB RSS per participant | {v:.3} MB (slope over the fanout curve, one connection each) | {} |",
+            yes(*v <= 0.5)
+        );
     }
     if let Some(v) = slopes.get(&(Kind::Roombox, "room".into())) {
-        let _ = writeln!(s, "| (rooms: RSS per peer connection) | {v:.3} MB (slope over N² connections) | — |");
+        let _ =
+            writeln!(s, "| (rooms: RSS per peer connection) | {v:.3} MB (slope over N² connections) | — |");
     }
     match idle {
         Some(kb) => {
-            let _ = writeln!(s, "| idle `roomboxd` ≤ 25 MB RSS | {:.1} MB | {} |", kb as f64 / 1024.0, yes(kb <= 25 * 1024));
+            let _ = writeln!(
+                s,
+                "| idle `roomboxd` ≤ 25 MB RSS | {:.1} MB | {} |",
+                kb as f64 / 1024.0,
+                yes(kb <= 25 * 1024)
+            );
         }
         None => s.push_str("| idle `roomboxd` ≤ 25 MB RSS | not measured (see the suite's output) | — |\n"),
     }
@@ -357,7 +428,11 @@ pub fn targets(
     }
     match min_ratio {
         Some((q, w)) => {
-            let _ = writeln!(s, "| Janus ÷ roombox ≥ 5 at every load | lowest {q:.1} ({w}) | {} |", yes(q >= 5.0));
+            let _ = writeln!(
+                s,
+                "| Janus ÷ roombox ≥ 5 at every load | lowest {q:.1} ({w}) | {} |",
+                yes(q >= 5.0)
+            );
         }
         None => s.push_str("| Janus ÷ roombox ≥ 5 at every load | not measured | — |\n"),
     }
@@ -375,7 +450,9 @@ pub fn cipher_us(profile: str0m::crypto::dtls::SrtpProfile, payload: usize) -> f
         _ => 88,
     };
     let cp = str0m::crypto::from_feature_flags();
-    let Some(mut s) = Srtp::new(&cp, &Keys { material: vec![7; len], profile, active: true }) else { return f64::NAN };
+    let Some(mut s) = Srtp::new(&cp, &Keys { material: vec![7; len], profile, active: true }) else {
+        return f64::NAN;
+    };
     let header = [0x80, 96, 0, 1, 0, 0, 0, 1, 1, 2, 3, 4];
     let body = vec![0x5au8; payload];
     let mut out = vec![0u8; payload + 64];
@@ -468,7 +545,9 @@ pub fn capacity(med: &std::collections::BTreeMap<(Kind, String, usize), RunResul
             );
         }
     }
-    s.push_str("\nFormula: µs/packet = rest × core factor + payload × (1 + 1/fan-out) × cycles-per-byte ÷ MHz; \
-packets/s = 3 cores × 10⁶ ÷ µs/packet; a room of N all-to-all forwards N(N−1) × 110 packets/s.");
+    s.push_str(
+        "\nFormula: µs/packet = rest × core factor + payload × (1 + 1/fan-out) × cycles-per-byte ÷ MHz; \
+packets/s = 3 cores × 10⁶ ÷ µs/packet; a room of N all-to-all forwards N(N−1) × 110 packets/s.",
+    );
     s
 }

@@ -112,10 +112,10 @@ impl DtlsInstance for TapInstance {
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
         let active = self.inner.is_active();
         let out = self.inner.poll_output(buf);
-        if let DtlsOutput::KeyingMaterial(m, profile) = &out {
-            if let Ok(mut s) = self.slot.lock() {
-                *s = Some(Keys { material: m.to_vec(), profile: *profile, active });
-            }
+        if let DtlsOutput::KeyingMaterial(m, profile) = &out
+            && let Ok(mut s) = self.slot.lock()
+        {
+            *s = Some(Keys { material: m.to_vec(), profile: *profile, active });
         }
         out
     }

@@ -30,14 +30,19 @@ fn run_smoke(cmd: &mut Command) -> String {
 
 /// Packets/s column of the row for `server` in the printed table.
 fn pps_of(table: &str, server: &str) -> f64 {
-    let row = table.lines().find(|l| l.starts_with(&format!("| {server}"))).unwrap_or_else(|| panic!("no {server} row in:\n{table}"));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {server}")))
+        .unwrap_or_else(|| panic!("no {server} row in:\n{table}"));
     row.split('|').nth(3).unwrap().trim().parse().unwrap()
 }
 
 #[test]
 fn packets_flow_through_the_floor_relay() {
     let dir = out_dir("floor");
-    let text = run_smoke(Command::new(bench()).args(["smoke", "--servers", "floor", "--window", "1", "--out"]).arg(&dir));
+    let text = run_smoke(
+        Command::new(bench()).args(["smoke", "--servers", "floor", "--window", "1", "--out"]).arg(&dir),
+    );
     // `smoke` itself fails unless every subscription received packets; never a speed check.
     let pps = pps_of(&text, "floor");
     assert!(pps > 0.0, "floor forwarded nothing:\n{text}");
@@ -47,7 +52,9 @@ fn packets_flow_through_the_floor_relay() {
 #[test]
 fn packets_flow_through_roombox() {
     let dir = out_dir("roombox");
-    let text = run_smoke(Command::new(bench()).args(["smoke", "--servers", "roombox", "--window", "1", "--out"]).arg(&dir));
+    let text = run_smoke(
+        Command::new(bench()).args(["smoke", "--servers", "roombox", "--window", "1", "--out"]).arg(&dir),
+    );
     let pps = pps_of(&text, "roombox");
     assert!(pps > 0.0, "roombox forwarded nothing:\n{text}");
     assert!(text.contains("packets flowed through every server"));

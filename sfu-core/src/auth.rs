@@ -354,10 +354,10 @@ impl TokenVerifier {
         if now > claims.exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired { exp: claims.exp, now });
         }
-        if let Some(nbf) = claims.nbf {
-            if now.saturating_add(self.leeway_secs) < nbf {
-                return Err(AuthError::NotYetValid { nbf, now });
-            }
+        if let Some(nbf) = claims.nbf
+            && now.saturating_add(self.leeway_secs) < nbf
+        {
+            return Err(AuthError::NotYetValid { nbf, now });
         }
         let (issuer, audience) = match &key.scope {
             Some(scope) => (scope.issuer.as_ref(), scope.audience.as_ref()),
@@ -374,10 +374,10 @@ impl TokenVerifier {
         if claims.room == "*" && !claims.grants.admin {
             return Err(AuthError::MissingGrant("admin (needed for room \"*\")"));
         }
-        if let Some(check) = &self.revocation {
-            if check.is_revoked(&claims) {
-                return Err(AuthError::Revoked);
-            }
+        if let Some(check) = &self.revocation
+            && check.is_revoked(&claims)
+        {
+            return Err(AuthError::Revoked);
         }
         Ok(claims)
     }
@@ -639,13 +639,21 @@ mod tests {
         own.iss = Some("roombox".into());
         assert!(v.verify(&token(&own), NOW).is_ok(), "the box's own token");
         own.iss = Some("https://idp.example".into());
-        assert_eq!(v.verify(&token(&own), NOW).unwrap_err(), AuthError::WrongIssuerOrAudience, "own key, IdP issuer");
+        assert_eq!(
+            v.verify(&token(&own), NOW).unwrap_err(),
+            AuthError::WrongIssuerOrAudience,
+            "own key, IdP issuer"
+        );
 
         let t = idp_token(IDP_A_PEM, "idp-a", "https://idp.example", Some("roombox-sfu"));
         let c = v.verify(&t, NOW).expect("the provider's token with its issuer and audience");
         assert_eq!(c.sub, "alice");
         let wrong_iss = idp_token(IDP_A_PEM, "idp-a", "roombox", Some("roombox-sfu"));
-        assert_eq!(v.verify(&wrong_iss, NOW).unwrap_err(), AuthError::WrongIssuerOrAudience, "the box's issuer on an IdP key");
+        assert_eq!(
+            v.verify(&wrong_iss, NOW).unwrap_err(),
+            AuthError::WrongIssuerOrAudience,
+            "the box's issuer on an IdP key"
+        );
         let wrong_aud = idp_token(IDP_A_PEM, "idp-a", "https://idp.example", Some("another-app"));
         assert_eq!(v.verify(&wrong_aud, NOW).unwrap_err(), AuthError::WrongIssuerOrAudience);
         let no_aud = idp_token(IDP_A_PEM, "idp-a", "https://idp.example", None);
@@ -661,12 +669,17 @@ mod tests {
     #[test]
     fn a_live_verifier_takes_a_refreshed_jwks_at_once() {
         let scope = || KeyScope::new("https://idp.example", None);
-        let live = Arc::new(LiveVerifier::new(TokenVerifier::new().with_jwks_for(&jwks("k1", IDP_A_X), scope()).unwrap()));
+        let live = Arc::new(LiveVerifier::new(
+            TokenVerifier::new().with_jwks_for(&jwks("k1", IDP_A_X), scope()).unwrap(),
+        ));
         let check: Arc<dyn TokenCheck> = live.clone();
         let old = idp_token(IDP_A_PEM, "k1", "https://idp.example", None);
         let new = idp_token(IDP_B_PEM, "k2", "https://idp.example", None);
         assert!(check.verify_for_room(&old, "demo", NOW).is_ok());
-        assert!(matches!(check.verify_for_room(&new, "demo", NOW), Err(AuthError::UnknownKey(_) | AuthError::BadSignature)));
+        assert!(matches!(
+            check.verify_for_room(&new, "demo", NOW),
+            Err(AuthError::UnknownKey(_) | AuthError::BadSignature)
+        ));
         live.replace(TokenVerifier::new().with_jwks_for(&jwks("k2", IDP_B_X), scope()).unwrap());
         assert!(check.verify_for_room(&new, "demo", NOW).is_ok(), "the refreshed key");
         assert!(check.verify_for_room(&old, "demo", NOW).is_err(), "the retired key");

@@ -57,7 +57,10 @@ impl Metrics {
                 Opts::new("sfu_nacks_total", "NACK requests (RTCP) received from subscribers"),
                 room,
             )?,
-            plis: IntCounterVec::new(Opts::new("sfu_plis_total", "keyframe requests sent to publishers"), room)?,
+            plis: IntCounterVec::new(
+                Opts::new("sfu_plis_total", "keyframe requests sent to publishers"),
+                room,
+            )?,
             lost: IntCounterVec::new(
                 Opts::new(
                     "sfu_packets_lost_total",

@@ -13,8 +13,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::auth::TokenCheck;
 use crate::config::SfuConfig;
-use crate::error::SfuError;
 use crate::edge::driver::{self, DriverParts, Request};
+use crate::error::SfuError;
 use crate::local::{LocalEvent, LocalJoin, LocalPacket};
 use crate::metrics::Metrics;
 use crate::protocol::{ParticipantInfo, TrackInfo, TrackKind};
@@ -210,13 +210,11 @@ impl Sfu {
         let (control_tx, control) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(1024);
         let parts = DriverParts { engine, udp, tcp, dest_map, requests, control, events: events.clone() };
-        std::thread::Builder::new()
-            .name("sfu-driver".into())
-            .spawn(move || {
-                if let Err(e) = driver::run(parts) {
-                    tracing::error!(error = %e, "SFU driver stopped");
-                }
-            })?;
+        std::thread::Builder::new().name("sfu-driver".into()).spawn(move || {
+            if let Err(e) = driver::run(parts) {
+                tracing::error!(error = %e, "SFU driver stopped");
+            }
+        })?;
         tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, "SFU started");
         Ok(Sfu {
             inner: Arc::new(Inner {
@@ -264,7 +262,10 @@ impl Sfu {
         self.inner.tcp_addr
     }
 
-    pub(crate) async fn request<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, SfuError> {
+    pub(crate) async fn request<T>(
+        &self,
+        f: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, SfuError> {
         let (tx, rx) = oneshot::channel();
         self.inner.requests.send(f(tx)).await.map_err(|_| SfuError::NotRunning)?;
         rx.await.map_err(|_| SfuError::NotRunning)
@@ -312,7 +313,13 @@ impl Sfu {
 
     /// Server-side mute of a participant's tracks of `kind`: forwarding stops and
     /// the participant is told (`muted_by_admin`).
-    pub async fn mute(&self, room: &str, identity: &str, kind: TrackKind, muted: bool) -> Result<(), SfuError> {
+    pub async fn mute(
+        &self,
+        room: &str,
+        identity: &str,
+        kind: TrackKind,
+        muted: bool,
+    ) -> Result<(), SfuError> {
         let (room, identity) = (room.to_string(), identity.to_string());
         self.request(|reply| Request::Mute { room, identity, kind, muted, reply }).await?
     }

@@ -17,13 +17,21 @@ fn config_errors_name_the_key_and_a_good_config_runs_until_sigterm() {
     write(&dir, "secret", "0123456789abcdef0123456789abcdef\n");
     let bin = env!("CARGO_BIN_EXE_sfu");
 
-    let bad = write(&dir, "bad.toml", "[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nhs256_secret_file = \"secret\"\n[sfu]\nudp_bnd = \"0.0.0.0:1\"\n");
+    let bad = write(
+        &dir,
+        "bad.toml",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nhs256_secret_file = \"secret\"\n[sfu]\nudp_bnd = \"0.0.0.0:1\"\n",
+    );
     let out = Command::new(bin).args(["--check", "--config"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("udp_bnd"), "{err}");
 
-    let invalid = write(&dir, "invalid.toml", "[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nhs256_secret_file = \"secret\"\n[sfu.limits]\nmax_rooms = 0\n");
+    let invalid = write(
+        &dir,
+        "invalid.toml",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nhs256_secret_file = \"secret\"\n[sfu.limits]\nmax_rooms = 0\n",
+    );
     let out = Command::new(bin).args(["--check", "--config"]).arg(&invalid).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_rooms"));
@@ -40,7 +48,13 @@ fn config_errors_name_the_key_and_a_good_config_runs_until_sigterm() {
     let out = Command::new(bin).args(["--check", "--config"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let mut child = Command::new(bin).arg("--config").arg(&good).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&good)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     assert!(child.try_wait().unwrap().is_none(), "it runs");
     // SAFETY: kill(2) on our own child's pid.

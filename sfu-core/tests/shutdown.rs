@@ -20,13 +20,17 @@ const ROUNDS: usize = 5;
 
 fn token(identity: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let c = Claims::new(identity, "r", Grants { publish: true, subscribe: true, ..Grants::default() }, now, 300);
+    let c =
+        Claims::new(identity, "r", Grants { publish: true, subscribe: true, ..Grants::default() }, now, 300);
     sign_hs256(&c, SECRET).unwrap()
 }
 
 async fn start_sfu() -> (Sfu, SocketAddr) {
-    let config = SfuConfig { udp_bind: "127.0.0.1:0".parse().unwrap(), include_loopback: true, ..Default::default() };
-    let sfu = Sfu::start(config, TokenVerifier::hs256(SECRET).unwrap(), &prometheus::Registry::new()).await.unwrap();
+    let config =
+        SfuConfig { udp_bind: "127.0.0.1:0".parse().unwrap(), include_loopback: true, ..Default::default() };
+    let sfu = Sfu::start(config, TokenVerifier::hs256(SECRET).unwrap(), &prometheus::Registry::new())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, sfu.router()).into_future());
@@ -66,7 +70,7 @@ async fn busy_client(http: SocketAddr, name: String, busy: oneshot::Sender<()>) 
                     continue; // not joined yet
                 }
                 sent += 1;
-                let m = if sent % 2 == 0 {
+                let m = if sent.is_multiple_of(2) {
                     ClientMessage::Subscribe { track: "room/1".into(), width: Some(300 + sent % 50), height: Some(200) }
                 } else {
                     ClientMessage::Ping { id: u64::from(sent) }
@@ -74,11 +78,10 @@ async fn busy_client(http: SocketAddr, name: String, busy: oneshot::Sender<()>) 
                 if ws.send(Message::Text(serde_json::to_string(&m).unwrap().into())).await.is_err() {
                     return seen;
                 }
-                if sent == 20 {
-                    if let Some(b) = busy.take() {
+                if sent == 20
+                    && let Some(b) = busy.take() {
                         let _ = b.send(());
                     }
-                }
             }
         }
     }
@@ -132,9 +135,27 @@ async fn every_client_hears_closing_then_a_close_frame_even_while_sending() {
                 "round {round}, client {i}: the last message is `closing`, got {last:?} ({} messages)",
                 seen.texts.len()
             );
-            let others = seen.texts.iter().filter(|m| matches!(m, ServerMessage::Unsubscribed { .. } | ServerMessage::ParticipantLeft { .. } | ServerMessage::TrackUnpublished { .. })).count();
-            assert_eq!(others, 0, "round {round}, client {i}: nobody left before the shutdown, so no leaving is reported");
-            assert_eq!(seen.close, Some(CloseCode::Away), "round {round}, client {i}: a close frame with 1001");
+            let others = seen
+                .texts
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        ServerMessage::Unsubscribed { .. }
+                            | ServerMessage::ParticipantLeft { .. }
+                            | ServerMessage::TrackUnpublished { .. }
+                    )
+                })
+                .count();
+            assert_eq!(
+                others, 0,
+                "round {round}, client {i}: nobody left before the shutdown, so no leaving is reported"
+            );
+            assert_eq!(
+                seen.close,
+                Some(CloseCode::Away),
+                "round {round}, client {i}: a close frame with 1001"
+            );
         }
         drop(camera);
     }

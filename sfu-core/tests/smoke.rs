@@ -40,7 +40,10 @@ impl HttpResponse {
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: sfu\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sfu\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -53,7 +56,8 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     HttpResponse { status, headers, body: body.to_string() }
 }
 
@@ -167,7 +171,11 @@ async fn whip_publish_and_whep_watch_over_real_sockets() {
                 let tx = d.stream_tx_by_mid(mid, None).unwrap();
                 for i in 0..2u32 {
                     let seq = u64::from(frame) * 2 + u64::from(i);
-                    tx.write_rtp(RtpWrite::new(pt, seq.into(), frame * 3000, now, vp8(i == 0, key, frame)).marker(i == 1).nackable(true));
+                    tx.write_rtp(
+                        RtpWrite::new(pt, seq.into(), frame * 3000, now, vp8(i == 0, key, frame))
+                            .marker(i == 1)
+                            .nackable(true),
+                    );
                 }
             }
         }
@@ -225,26 +233,78 @@ async fn whip_publish_and_whep_watch_over_real_sockets() {
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     let expired = {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let c = Claims::new("carl", "smoke", Grants { publish: true, subscribe: true, record: false, admin: false }, now - 3600, 60);
+        let c = Claims::new(
+            "carl",
+            "smoke",
+            Grants { publish: true, subscribe: true, record: false, admin: false },
+            now - 3600,
+            60,
+        );
         sign_hs256(&c, SECRET).unwrap()
     };
-    let r = http(http_addr, "POST", "/whip/smoke", &[("Authorization", &format!("Bearer {expired}")), ("Content-Type", "application/sdp")], offer.as_bytes());
+    let r = http(
+        http_addr,
+        "POST",
+        "/whip/smoke",
+        &[("Authorization", &format!("Bearer {expired}")), ("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    );
     assert_eq!(r.status, 401, "expired: {}", r.body);
     let forged = format!("{}x", &good[..good.len() - 1]);
-    let r = http(http_addr, "POST", "/whip/smoke", &[("Authorization", &format!("Bearer {forged}")), ("Content-Type", "application/sdp")], offer.as_bytes());
+    let r = http(
+        http_addr,
+        "POST",
+        "/whip/smoke",
+        &[("Authorization", &format!("Bearer {forged}")), ("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    );
     assert_eq!(r.status, 401, "forged: {}", r.body);
     let other_room = token("carl", "elsewhere", true, true, 300);
-    let r = http(http_addr, "POST", "/whip/smoke", &[("Authorization", &format!("Bearer {other_room}")), ("Content-Type", "application/sdp")], offer.as_bytes());
+    let r = http(
+        http_addr,
+        "POST",
+        "/whip/smoke",
+        &[("Authorization", &format!("Bearer {other_room}")), ("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    );
     assert_eq!(r.status, 403, "wrong room: {}", r.body);
-    let r = http(http_addr, "POST", "/whip/smoke", &[("Authorization", &format!("Bearer {good}")), ("Content-Type", "text/plain")], offer.as_bytes());
+    let r = http(
+        http_addr,
+        "POST",
+        "/whip/smoke",
+        &[("Authorization", &format!("Bearer {good}")), ("Content-Type", "text/plain")],
+        offer.as_bytes(),
+    );
     assert_eq!(r.status, 415);
-    let r = http(http_addr, "POST", "/whip/smoke", &[("Authorization", &format!("Bearer {good}")), ("Content-Type", "application/sdp")], offer.as_bytes());
+    let r = http(
+        http_addr,
+        "POST",
+        "/whip/smoke",
+        &[("Authorization", &format!("Bearer {good}")), ("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    );
     assert_eq!(r.status, 400, "malformed SDP: {}", r.body);
     let huge = vec![b'a'; 200 * 1024];
-    let r = http(http_addr, "POST", "/whip/smoke", &[("Authorization", &format!("Bearer {good}")), ("Content-Type", "application/sdp")], &huge);
+    let r = http(
+        http_addr,
+        "POST",
+        "/whip/smoke",
+        &[("Authorization", &format!("Bearer {good}")), ("Content-Type", "application/sdp")],
+        &huge,
+    );
     assert_eq!(r.status, 413, "oversized body");
     // CORS preflight from another origin
-    let r = http(http_addr, "OPTIONS", "/whip/smoke", &[("Origin", "http://other.example"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization,content-type")], b"");
+    let r = http(
+        http_addr,
+        "OPTIONS",
+        "/whip/smoke",
+        &[
+            ("Origin", "http://other.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "authorization,content-type"),
+        ],
+        b"",
+    );
     assert!(r.status == 200 || r.status == 204, "{}", r.status);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 
@@ -265,7 +325,10 @@ async fn whip_publish_and_whep_watch_over_real_sockets() {
         prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut s).unwrap();
         s
     };
-    assert!(text.contains("sfu_forwarded_packets_total{room=\"smoke\"}") || text.contains("sfu_rooms"), "{text}");
+    assert!(
+        text.contains("sfu_forwarded_packets_total{room=\"smoke\"}") || text.contains("sfu_rooms"),
+        "{text}"
+    );
     sfu.shutdown().await;
     assert!(sfu.stats().await.is_err(), "stopped");
 }

@@ -40,7 +40,9 @@ async fn start_sfu(tcp: bool) -> (Sfu, SocketAddr) {
         include_loopback: true,
         ..Default::default()
     };
-    let sfu = Sfu::start(config, TokenVerifier::hs256(SECRET).unwrap(), &prometheus::Registry::new()).await.unwrap();
+    let sfu = Sfu::start(config, TokenVerifier::hs256(SECRET).unwrap(), &prometheus::Registry::new())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, sfu.router()).into_future());
@@ -60,7 +62,13 @@ impl HttpResponse {
 }
 
 /// A minimal async HTTP/1.1 client, one request per connection.
-async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: sfu\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -78,7 +86,8 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     HttpResponse { status, headers, body: body.to_string() }
 }
 
@@ -88,7 +97,11 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 enum Net {
     Udp(UdpSocket),
     /// Active ICE-TCP: one connection to the SFU's passive port, RFC 4571 framing.
-    Tcp { stream: TcpStream, framer: Rfc4571, server: SocketAddr },
+    Tcp {
+        stream: TcpStream,
+        framer: Rfc4571,
+        server: SocketAddr,
+    },
 }
 
 /// A str0m peer driven in real time, optionally with a room-protocol WebSocket.
@@ -128,7 +141,9 @@ impl Peer {
         stream.set_nodelay(true).unwrap();
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut rtc = Rtc::builder().set_rtp_mode(true).build(Instant::now());
-        rtc.add_local_candidate(Candidate::builder().tcp().host(addr).tcptype(TcpType::Active).build().unwrap());
+        rtc.add_local_candidate(
+            Candidate::builder().tcp().host(addr).tcptype(TcpType::Active).build().unwrap(),
+        );
         Peer::with(name, rtc, Net::Tcp { stream, framer: Rfc4571::default(), server }, addr)
     }
 
@@ -167,7 +182,7 @@ impl Peer {
         }
         self.next_frame = now + Duration::from_millis(33);
         self.frame += 1;
-        let key = std::mem::take(&mut self.want_key) || self.frame % 90 == 0;
+        let key = std::mem::take(&mut self.want_key) || self.frame.is_multiple_of(90);
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
         for i in 0..2u32 {
@@ -175,17 +190,20 @@ impl Peer {
             let mut p = vec![if i == 0 { 0x10 } else { 0x00 }, if key { 0x00 } else { 0x01 }];
             p.extend_from_slice(&self.frame.to_be_bytes());
             p.resize(500, 0x5a);
-            tx.write_rtp(RtpWrite::new(pt, seq.into(), self.frame * 3000, now, p).marker(i == 1).nackable(true));
+            tx.write_rtp(
+                RtpWrite::new(pt, seq.into(), self.frame * 3000, now, p).marker(i == 1).nackable(true),
+            );
         }
     }
 
     async fn transmit(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         match &mut self.net {
-            Net::Udp(s) if proto == Protocol::Udp => {
+            Net::Udp(s)
+                if proto == Protocol::Udp
                 // after an ICE restart onto a new socket, the old candidate's sends go nowhere
-                if source == s.local_addr().unwrap() {
-                    let _ = s.send_to(data, destination).await;
-                }
+                && source == s.local_addr().unwrap() =>
+            {
+                let _ = s.send_to(data, destination).await;
             }
             Net::Tcp { stream, server, .. } if proto == Protocol::Tcp && destination == *server => {
                 let _ = stream.write_all(&Rfc4571::frame(data).unwrap()).await;
@@ -204,7 +222,8 @@ impl Peer {
             Event::RtpPacket(p) => self.rtp.push((*p.seq_no, p.payload.to_vec())),
             Event::ChannelOpen(id, label) if label == "chat" => self.chat = Some(id),
             Event::ChannelData(d) if Some(d.id) == self.chat => {
-                self.chat_in.push(serde_json::from_slice(&d.data).expect("the server relays valid chat JSON"));
+                self.chat_in
+                    .push(serde_json::from_slice(&d.data).expect("the server relays valid chat JSON"));
             }
             _ => {}
         }
@@ -218,20 +237,18 @@ impl Peer {
     /// A room-protocol server message: negotiation as an impolite peer, the rest recorded.
     async fn on_server(&mut self, m: ServerMessage) {
         match &m {
-            ServerMessage::Offer { sdp, seq } => {
+            ServerMessage::Offer { sdp, seq }
                 // impolite: while our own offer is out, a crossing server offer is ignored
-                if self.own_offer.is_none() {
+                if self.own_offer.is_none() => {
                     let answer = self.rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(sdp).unwrap()).unwrap();
                     let seq = *seq;
                     self.send_ws(&ClientMessage::Answer { sdp: answer.to_sdp_string(), seq }).await;
                 }
-            }
-            ServerMessage::Answer { sdp, seq } => {
-                if self.own_offer.as_ref().is_some_and(|o| o.0 == *seq) {
+            ServerMessage::Answer { sdp, seq }
+                if self.own_offer.as_ref().is_some_and(|o| o.0 == *seq) => {
                     let (_, pending) = self.own_offer.take().unwrap();
                     self.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(sdp).unwrap()).unwrap();
                 }
-            }
             _ => {}
         }
         self.msgs.push(m);
@@ -321,7 +338,11 @@ impl Peer {
 }
 
 /// Pump every peer round-robin until `cond` holds or `max` passes.
-async fn run_until(peers: &mut [&mut Peer], max: Duration, mut cond: impl FnMut(&[&mut Peer]) -> bool) -> bool {
+async fn run_until(
+    peers: &mut [&mut Peer],
+    max: Duration,
+    mut cond: impl FnMut(&[&mut Peer]) -> bool,
+) -> bool {
     let end = Instant::now() + max;
     while Instant::now() < end {
         if cond(peers) {
@@ -336,12 +357,25 @@ async fn run_until(peers: &mut [&mut Peer], max: Duration, mut cond: impl FnMut(
 
 /// WHIP (`whep` = None) or WHEP POST of the peer's offer; returns the resource
 /// URL and the SDP answer, applied.
-async fn http_join(p: &mut Peer, http_addr: SocketAddr, path: &str, tok: &str, media: &[(MediaKind, Direction)]) -> (String, String) {
+async fn http_join(
+    p: &mut Peer,
+    http_addr: SocketAddr,
+    path: &str,
+    tok: &str,
+    media: &[(MediaKind, Direction)],
+) -> (String, String) {
     let mut api = p.rtc.sdp_api();
     let mids: Vec<Mid> = media.iter().map(|(k, d)| api.add_media(*k, *d, None, None, None)).collect();
     let (offer, pending) = api.apply().unwrap();
     let auth = format!("Bearer {tok}");
-    let r = http(http_addr, "POST", path, &[("Authorization", &auth), ("Content-Type", "application/sdp")], &offer.to_sdp_string()).await;
+    let r = http(
+        http_addr,
+        "POST",
+        path,
+        &[("Authorization", &auth), ("Content-Type", "application/sdp")],
+        &offer.to_sdp_string(),
+    )
+    .await;
     assert_eq!(r.status, 201, "{path}: {}", r.body);
     p.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&r.body).unwrap()).unwrap();
     if media[0].1 == Direction::SendOnly {
@@ -373,8 +407,17 @@ async fn room_protocol_over_a_real_websocket_joins_negotiates_forwards_and_relay
         assert!(run_until(&mut [p], Duration::from_secs(10), joined).await, "{who} gets `joined`");
     }
     // ann, there first, sees ben arrive
-    assert!(run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps[0].msgs.iter().any(|m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.identity == "ben"))).await);
-    let ServerMessage::Joined { room, you, .. } = ann.msgs.iter().find(|m| matches!(m, ServerMessage::Joined { .. })).unwrap() else { unreachable!() };
+    assert!(
+        run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps[0].msgs.iter().any(
+            |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.identity == "ben")
+        ))
+        .await
+    );
+    let ServerMessage::Joined { room, you, .. } =
+        ann.msgs.iter().find(|m| matches!(m, ServerMessage::Joined { .. })).unwrap()
+    else {
+        unreachable!()
+    };
     assert_eq!((room.as_str(), you.identity.as_str()), ("meet", "ann"));
 
     // ann: camera + chat in one offer (announced with `publish`); ben: chat only
@@ -383,7 +426,14 @@ async fn room_protocol_over_a_real_websocket_joins_negotiates_forwards_and_relay
     api.add_channel("chat".into());
     let (offer, pending) = api.apply().unwrap();
     ann.own_offer = Some((1, pending));
-    ann.send_ws(&ClientMessage::Publish { tracks: vec![PublishTrack { mid: mid.to_string(), kind: TrackKind::Video, source: TrackSource::Camera }] }).await;
+    ann.send_ws(&ClientMessage::Publish {
+        tracks: vec![PublishTrack {
+            mid: mid.to_string(),
+            kind: TrackKind::Video,
+            source: TrackSource::Camera,
+        }],
+    })
+    .await;
     ann.send_ws(&ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 1 }).await;
     ann.publish_vp8(mid);
     let mut api = ben.rtc.sdp_api();
@@ -392,29 +442,61 @@ async fn room_protocol_over_a_real_websocket_joins_negotiates_forwards_and_relay
     ben.own_offer = Some((1, pending));
     ben.send_ws(&ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 1 }).await;
 
-    assert!(run_until(&mut [&mut ann, &mut ben], Duration::from_secs(10), |ps| ps.iter().all(|p| p.connected && p.own_offer.is_none())).await, "both PeerConnections up");
+    assert!(
+        run_until(&mut [&mut ann, &mut ben], Duration::from_secs(10), |ps| ps
+            .iter()
+            .all(|p| p.connected && p.own_offer.is_none()))
+        .await,
+        "both PeerConnections up"
+    );
     // ben hears of ann's camera, is offered it, and receives it
-    assert!(run_until(&mut [&mut ann, &mut ben], Duration::from_secs(10), |ps| frames(ps[1]).len() >= 30).await, "ben receives ann's video: {} packets", ben.rtp.len());
+    assert!(
+        run_until(&mut [&mut ann, &mut ben], Duration::from_secs(10), |ps| frames(ps[1]).len() >= 30).await,
+        "ben receives ann's video: {} packets",
+        ben.rtp.len()
+    );
     let published = ben.msgs.iter().find_map(|m| match m {
         ServerMessage::TrackPublished { track } => Some(track.clone()),
         _ => None,
     });
     let published = published.expect("track_published reached ben");
-    assert_eq!((published.participant.as_str(), published.kind, published.source, published.codec.as_str()), ("ann", TrackKind::Video, TrackSource::Camera, "VP8"));
-    assert!(ben.msgs.iter().any(|m| matches!(m, ServerMessage::Subscribed { track, .. } if *track == published.id)));
+    assert_eq!(
+        (published.participant.as_str(), published.kind, published.source, published.codec.as_str()),
+        ("ann", TrackKind::Video, TrackSource::Camera, "VP8")
+    );
+    assert!(
+        ben.msgs
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Subscribed { track, .. } if *track == published.id))
+    );
     let mut sorted = ben.rtp.clone();
     sorted.sort_by_key(|x| x.0);
-    assert!(sorted[0].1[0] & 0x10 != 0 && sorted[0].1[1] & 1 == 0, "the first packet ben gets starts a keyframe");
+    assert!(
+        sorted[0].1[0] & 0x10 != 0 && sorted[0].1[1] & 1 == 0,
+        "the first packet ben gets starts a keyframe"
+    );
     let f = frames(&ben);
     assert!(f.windows(2).all(|w| w[1] > w[0]), "frames in order");
 
     // chat both ways, stamped by the server
-    assert!(run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps.iter().all(|p| p.chat.is_some())).await, "chat channels open");
+    assert!(
+        run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps
+            .iter()
+            .all(|p| p.chat.is_some()))
+        .await,
+        "chat channels open"
+    );
     let ch = ann.chat.unwrap();
     ann.rtc.channel(ch).unwrap().write(false, br#"{"text":"hello ben"}"#).unwrap();
     let ch = ben.chat.unwrap();
     ben.rtc.channel(ch).unwrap().write(false, br#"{"text":"hi ann"}"#).unwrap();
-    assert!(run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps.iter().all(|p| !p.chat_in.is_empty())).await, "chat relayed");
+    assert!(
+        run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps
+            .iter()
+            .all(|p| !p.chat_in.is_empty()))
+        .await,
+        "chat relayed"
+    );
     assert_eq!((ben.chat_in[0].text.as_str(), ben.chat_in[0].from.as_deref()), ("hello ben", Some("ann")));
     assert_eq!((ann.chat_in[0].text.as_str(), ann.chat_in[0].from.as_deref()), ("hi ann", Some("ben")));
     assert!(ann.chat_in[0].ts.is_some());
@@ -422,13 +504,34 @@ async fn room_protocol_over_a_real_websocket_joins_negotiates_forwards_and_relay
     // garbage on the socket is an error message, the session goes on
     ben.ws.as_mut().unwrap().send(Message::Text(r#"{"type":"launch"}"#.into())).await.unwrap();
     ben.send_ws(&ClientMessage::Ping { id: 42 }).await;
-    assert!(run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps[1].msgs.iter().any(|m| matches!(m, ServerMessage::Pong { id: 42 }))).await);
-    assert!(ben.msgs.iter().any(|m| matches!(m, ServerMessage::Error { code: sfu_core::protocol::ErrorCode::BadMessage, .. })));
+    assert!(
+        run_until(&mut [&mut ann, &mut ben], Duration::from_secs(5), |ps| ps[1]
+            .msgs
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Pong { id: 42 })))
+        .await
+    );
+    assert!(
+        ben.msgs.iter().any(|m| matches!(
+            m,
+            ServerMessage::Error { code: sfu_core::protocol::ErrorCode::BadMessage, .. }
+        ))
+    );
 
     // ann leaves: ben is told, the track goes
     ann.send_ws(&ClientMessage::Leave {}).await;
-    assert!(run_until(&mut [&mut ben], Duration::from_secs(5), |ps| ps[0].msgs.iter().any(|m| matches!(m, ServerMessage::ParticipantLeft { identity } if identity == "ann"))).await);
-    assert!(ben.msgs.iter().any(|m| matches!(m, ServerMessage::TrackUnpublished { track } if *track == published.id)));
+    assert!(
+        run_until(&mut [&mut ben], Duration::from_secs(5), |ps| ps[0]
+            .msgs
+            .iter()
+            .any(|m| matches!(m, ServerMessage::ParticipantLeft { identity } if identity == "ann")))
+        .await
+    );
+    assert!(
+        ben.msgs
+            .iter()
+            .any(|m| matches!(m, ServerMessage::TrackUnpublished { track } if *track == published.id))
+    );
     sfu.shutdown().await;
 }
 
@@ -437,12 +540,36 @@ async fn ice_tcp_whip_publish_and_whep_watch() {
     let (sfu, http_addr) = start_sfu(true).await;
     let tcp = sfu.tcp_addr().unwrap();
     let mut alice = Peer::tcp("alice", tcp).await;
-    http_join(&mut alice, http_addr, "/whip/tcp", &token("alice", "tcp", true, false), &[(MediaKind::Video, Direction::SendOnly)]).await;
-    assert!(run_until(&mut [&mut alice], Duration::from_secs(10), |ps| ps[0].connected).await, "the publisher connects over ICE-TCP");
+    http_join(
+        &mut alice,
+        http_addr,
+        "/whip/tcp",
+        &token("alice", "tcp", true, false),
+        &[(MediaKind::Video, Direction::SendOnly)],
+    )
+    .await;
+    assert!(
+        run_until(&mut [&mut alice], Duration::from_secs(10), |ps| ps[0].connected).await,
+        "the publisher connects over ICE-TCP"
+    );
     let mut bob = Peer::tcp("bob", tcp).await;
-    let (_, answer) = http_join(&mut bob, http_addr, "/whep/tcp/alice", &token("bob", "tcp", false, true), &[(MediaKind::Video, Direction::RecvOnly)]).await;
-    assert!(answer.contains(" tcp ") && answer.contains("tcptype passive"), "the answer offers the passive TCP candidate");
-    assert!(run_until(&mut [&mut alice, &mut bob], Duration::from_secs(15), |ps| frames(ps[1]).len() >= 60).await, "bob receives over TCP: {} packets", bob.rtp.len());
+    let (_, answer) = http_join(
+        &mut bob,
+        http_addr,
+        "/whep/tcp/alice",
+        &token("bob", "tcp", false, true),
+        &[(MediaKind::Video, Direction::RecvOnly)],
+    )
+    .await;
+    assert!(
+        answer.contains(" tcp ") && answer.contains("tcptype passive"),
+        "the answer offers the passive TCP candidate"
+    );
+    assert!(
+        run_until(&mut [&mut alice, &mut bob], Duration::from_secs(15), |ps| frames(ps[1]).len() >= 60).await,
+        "bob receives over TCP: {} packets",
+        bob.rtp.len()
+    );
     assert!(alice.keyframe_requests >= 1, "the keyframe request crossed TCP too");
     let mut seqs: Vec<u64> = bob.rtp.iter().map(|x| x.0).collect();
     seqs.sort();
@@ -459,22 +586,62 @@ async fn ice_restart_through_whip_patch_moves_the_publisher_and_media_continues(
     let tok = token("alice", "restart", true, false);
     let auth = format!("Bearer {tok}");
     let mut alice = Peer::udp("alice").await;
-    let (location, answer) = http_join(&mut alice, http_addr, "/whip/restart", &tok, &[(MediaKind::Video, Direction::SendOnly)]).await;
+    let (location, answer) =
+        http_join(&mut alice, http_addr, "/whip/restart", &tok, &[(MediaKind::Video, Direction::SendOnly)])
+            .await;
     assert!(run_until(&mut [&mut alice], Duration::from_secs(10), |ps| ps[0].connected).await);
     let mut bob = Peer::udp("bob").await;
-    http_join(&mut bob, http_addr, "/whep/restart/alice", &token("bob", "restart", false, true), &[(MediaKind::Video, Direction::RecvOnly)]).await;
-    assert!(run_until(&mut [&mut alice, &mut bob], Duration::from_secs(10), |ps| frames(ps[1]).len() >= 30).await, "media flows before the restart");
+    http_join(
+        &mut bob,
+        http_addr,
+        "/whep/restart/alice",
+        &token("bob", "restart", false, true),
+        &[(MediaKind::Video, Direction::RecvOnly)],
+    )
+    .await;
+    assert!(
+        run_until(&mut [&mut alice, &mut bob], Duration::from_secs(10), |ps| frames(ps[1]).len() >= 30).await,
+        "media flows before the restart"
+    );
 
     // bad PATCHes are clear refusals and change nothing
     let frag_type = ("Content-Type", "application/trickle-ice-sdpfrag");
-    let r = http(http_addr, "PATCH", &location, &[("Authorization", &auth), frag_type], "a=ice-ufrag:x\r\na=ice-pwd:short\r\n").await;
+    let r = http(
+        http_addr,
+        "PATCH",
+        &location,
+        &[("Authorization", &auth), frag_type],
+        "a=ice-ufrag:x\r\na=ice-pwd:short\r\n",
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = http(http_addr, "PATCH", "/whip/restart/session/nonexistent", &[("Authorization", &auth), frag_type], "a=end-of-candidates\r\n").await;
+    let r = http(
+        http_addr,
+        "PATCH",
+        "/whip/restart/session/nonexistent",
+        &[("Authorization", &auth), frag_type],
+        "a=end-of-candidates\r\n",
+    )
+    .await;
     assert_eq!(r.status, 404);
-    let r = http(http_addr, "PATCH", &location, &[("Authorization", &auth), ("Content-Type", "application/sdp")], "").await;
+    let r = http(
+        http_addr,
+        "PATCH",
+        &location,
+        &[("Authorization", &auth), ("Content-Type", "application/sdp")],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 415);
     // a trickled candidate alone: 204
-    let r = http(http_addr, "PATCH", &location, &[("Authorization", &auth), frag_type], "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n").await;
+    let r = http(
+        http_addr,
+        "PATCH",
+        &location,
+        &[("Authorization", &auth), frag_type],
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n",
+    )
+    .await;
     assert_eq!(r.status, 204, "{}", r.body);
 
     // The publisher's network changes: a new socket, an ICE restart as a browser does it
@@ -487,10 +654,13 @@ async fn ice_restart_through_whip_patch_moves_the_publisher_and_media_continues(
     let (offer, pending) = api.apply().unwrap();
     let cand = Candidate::host(new_addr, "udp").unwrap();
     assert!(offer.to_sdp_string().contains(&creds.ufrag));
-    let frag = format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na={}\r\n", creds.ufrag, creds.pass, cand.to_sdp_string());
+    let frag =
+        format!("a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na={}\r\n", creds.ufrag, creds.pass, cand.to_sdp_string());
     let frames_before = frames(&bob).len();
     let last_before = *frames(&bob).last().unwrap();
-    let r = http(http_addr, "PATCH", &location, &[("Authorization", &auth), frag_type, ("If-Match", "*")], &frag).await;
+    let r =
+        http(http_addr, "PATCH", &location, &[("Authorization", &auth), frag_type, ("If-Match", "*")], &frag)
+            .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("application/trickle-ice-sdpfrag"));
     let server_ufrag = r.body.lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).unwrap().to_string();
@@ -508,7 +678,12 @@ async fn ice_restart_through_whip_patch_moves_the_publisher_and_media_continues(
 
     // media goes on, now from the new address, with no new keyframe needed
     assert!(
-        run_until(&mut [&mut alice, &mut bob], Duration::from_secs(10), |ps| frames(ps[1]).iter().filter(|f| **f > last_before + 15).count() >= 30).await,
+        run_until(&mut [&mut alice, &mut bob], Duration::from_secs(10), |ps| frames(ps[1])
+            .iter()
+            .filter(|f| **f > last_before + 15)
+            .count()
+            >= 30)
+        .await,
         "media continues after the restart: {} frames before, {} now",
         frames_before,
         frames(&bob).len()

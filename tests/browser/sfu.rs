@@ -374,7 +374,8 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
     );
     ensure!(v.max_stall_ms <= 1000, "the picture froze for {} ms (more than 1 s)", v.max_stall_ms);
     // Page times: the first smaller picture, and the lift.
-    let dropped_at = v.widths.iter().find(|w| (w.at_ms as f64) > squeezed_at && w.width < 1280).map(|w| w.at_ms as f64);
+    let dropped_at =
+        v.widths.iter().find(|w| (w.at_ms as f64) > squeezed_at && w.width < 1280).map(|w| w.at_ms as f64);
     let dropped_at = dropped_at.context("no smaller picture seen while squeezed")?;
     let full_while_squeezed: Vec<&String> = widths
         .iter()
@@ -382,9 +383,15 @@ async fn simulcast_layer_follows_a_squeezed_link_without_freezing() -> anyhow::R
         .filter(|(_, w)| (w.at_ms as f64) > dropped_at && (w.at_ms as f64) < lifted_at && w.width >= 1280)
         .map(|(s, _)| s)
         .collect();
-    ensure!(full_while_squeezed.is_empty(), "the full picture came back while squeezed: {full_while_squeezed:?}");
+    ensure!(
+        full_while_squeezed.is_empty(),
+        "the full picture came back while squeezed: {full_while_squeezed:?}"
+    );
     let after: Vec<u32> = v.widths.iter().filter(|w| (w.at_ms as f64) > lifted_at).map(|w| w.width).collect();
-    ensure!(after.windows(2).all(|w| w[1] > w[0]), "after the lift the picture only grows: {after:?} ({widths:?})");
+    ensure!(
+        after.windows(2).all(|w| w[1] > w[0]),
+        "after the lift the picture only grows: {after:?} ({widths:?})"
+    );
     Ok(())
 }
 

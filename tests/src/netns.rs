@@ -109,7 +109,14 @@ impl LinkedNetns {
         no_ipv6_on_new_links()?;
         sh(
             "ip",
-            &["netns", "exec", n, "sh", "-c", "! test -e /proc/sys/net/ipv6/conf/default/disable_ipv6 || echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"],
+            &[
+                "netns",
+                "exec",
+                n,
+                "sh",
+                "-c",
+                "! test -e /proc/sys/net/ipv6/conf/default/disable_ipv6 || echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+            ],
         )?;
         ip(&format!("link add {} type veth peer name {peer_dev}", ns.host_dev))?;
         ip(&format!("link set {peer_dev} netns {n}"))?;

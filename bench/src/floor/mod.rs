@@ -66,18 +66,8 @@ struct OutTrack {
 }
 
 enum Role {
-    Publisher {
-        ext_rid: Option<u8>,
-        audio_pts: Vec<u8>,
-        video_pts: Vec<u8>,
-        subs: Vec<usize>,
-    },
-    Subscriber {
-        publisher: usize,
-        layer: String,
-        audio: Option<OutTrack>,
-        video: Option<OutTrack>,
-    },
+    Publisher { ext_rid: Option<u8>, audio_pts: Vec<u8>, video_pts: Vec<u8>, subs: Vec<usize> },
+    Subscriber { publisher: usize, layer: String, audio: Option<OutTrack>, video: Option<OutTrack> },
 }
 
 struct FPeer {
@@ -204,8 +194,14 @@ fn submit(shared: &Shared, peer: FPeer) -> usize {
     idx
 }
 
-async fn whip(State(shared): State<Arc<Shared>>, Path(room): Path<String>, headers: HeaderMap, body: String) -> Response {
-    let identity = identity_from(&headers).unwrap_or_else(|| format!("p{}", shared.next_index.load(Ordering::SeqCst)));
+async fn whip(
+    State(shared): State<Arc<Shared>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let identity =
+        identity_from(&headers).unwrap_or_else(|| format!("p{}", shared.next_index.load(Ordering::SeqCst)));
     let (rtc, slot, answer) = match answer(&shared, &body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
@@ -219,7 +215,12 @@ async fn whip(State(shared): State<Arc<Shared>>, Path(room): Path<String>, heade
         slot,
         srtp: None,
         addr: None,
-        role: Role::Publisher { ext_rid: s.ext_rid, audio_pts: pts("audio"), video_pts: pts("video"), subs: Vec::new() },
+        role: Role::Publisher {
+            ext_rid: s.ext_rid,
+            audio_pts: pts("audio"),
+            video_pts: pts("video"),
+            subs: Vec::new(),
+        },
         next_timeout: Instant::now(),
     };
     let key = (room.clone(), identity.clone());
@@ -240,7 +241,12 @@ async fn whep(
     Query(q): Query<WhepQuery>,
     body: String,
 ) -> Response {
-    let Some(publisher) = shared.publishers.lock().unwrap_or_else(|e| e.into_inner()).get(&(room.clone(), identity.clone())).copied()
+    let Some(publisher) = shared
+        .publishers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(room.clone(), identity.clone()))
+        .copied()
     else {
         return error(StatusCode::NOT_FOUND, format!("nobody publishes as {identity:?} in {room:?}"));
     };
@@ -354,10 +360,11 @@ fn relay(
                 waker.drain();
                 while let Ok(Cmd::Add(peer)) = rx.try_recv() {
                     let idx = r.peers.len();
-                    if let Role::Subscriber { publisher, .. } = &peer.role {
-                        if let Some(Some(FPeer { role: Role::Publisher { subs, .. }, .. })) = r.peers.get_mut(*publisher) {
-                            subs.push(idx);
-                        }
+                    if let Role::Subscriber { publisher, .. } = &peer.role
+                        && let Some(Some(FPeer { role: Role::Publisher { subs, .. }, .. })) =
+                            r.peers.get_mut(*publisher)
+                    {
+                        subs.push(idx);
                     }
                     r.peers.push(Some(*peer));
                     r.drive(idx, Instant::now());
@@ -446,7 +453,8 @@ impl Relay {
                 // A new address: the peer whose ICE credentials its STUN request carries.
                 let Ok(recv) = Receive::new(Protocol::Udp, from, self.local, data) else { return };
                 let input = Input::Receive(now, recv);
-                let Some(i) = self.peers.iter().position(|p| p.as_ref().is_some_and(|p| p.rtc.accepts(&input)))
+                let Some(i) =
+                    self.peers.iter().position(|p| p.as_ref().is_some_and(|p| p.rtc.accepts(&input)))
                 else {
                     return;
                 };
@@ -493,7 +501,9 @@ impl Relay {
         let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
 
         if !self.streams.contains_key(&ssrc) {
-            let Some(Some(FPeer { role: Role::Publisher { ext_rid, audio_pts, video_pts, .. }, .. })) = self.peers.get(from) else {
+            let Some(Some(FPeer { role: Role::Publisher { ext_rid, audio_pts, video_pts, .. }, .. })) =
+                self.peers.get(from)
+            else {
                 return;
             };
             let pt = marker_pt & 0x7f;

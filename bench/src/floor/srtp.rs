@@ -107,7 +107,14 @@ impl Srtp {
     /// Decrypt the payload of SRTP packet `pkt` (header `hlen` bytes) into
     /// `out`; returns the plaintext length, or `None` when it does not verify.
     /// `out` must hold the payload plus 16 bytes.
-    pub fn unprotect(&mut self, pkt: &[u8], hlen: usize, ssrc: u32, index: u64, out: &mut [u8]) -> Option<usize> {
+    pub fn unprotect(
+        &mut self,
+        pkt: &[u8],
+        hlen: usize,
+        ssrc: u32,
+        index: u64,
+        out: &mut [u8],
+    ) -> Option<usize> {
         match &mut self.rx {
             Dir::CmSha1 { auth, salt, c } => {
                 let tag_at = pkt.len().checked_sub(Aes128CmSha1_80::HMAC_TAG_LEN)?;
@@ -151,7 +158,14 @@ impl Srtp {
 
     /// Encrypt `header` + `payload` into `out` (which must hold both plus 31
     /// bytes); returns the SRTP packet length.
-    pub fn protect(&mut self, header: &[u8], payload: &[u8], ssrc: u32, index: u64, out: &mut [u8]) -> Option<usize> {
+    pub fn protect(
+        &mut self,
+        header: &[u8],
+        payload: &[u8],
+        ssrc: u32,
+        index: u64,
+        out: &mut [u8],
+    ) -> Option<usize> {
         let h = header.len();
         let n = payload.len();
         out[..h].copy_from_slice(header);
@@ -160,7 +174,13 @@ impl Srtp {
                 let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index);
                 c.encrypt(&iv, payload, &mut out[h..h + n + 15]).ok()?;
                 let hmac = self.hmac;
-                Aes128CmSha1_80::rtp_hmac(|k, p| hmac.sha1_hmac(k, p), auth, &mut out[..h + n + 10], index, h + n);
+                Aes128CmSha1_80::rtp_hmac(
+                    |k, p| hmac.sha1_hmac(k, p),
+                    auth,
+                    &mut out[..h + n + 10],
+                    index,
+                    h + n,
+                );
                 Some(h + n + Aes128CmSha1_80::HMAC_TAG_LEN)
             }
             Dir::Gcm128 { salt, c } => {

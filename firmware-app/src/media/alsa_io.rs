@@ -29,7 +29,12 @@ pub fn frames_in_ms(ms: u32) -> usize {
     (AUDIO_RATE as usize) * ms as usize / 1000
 }
 
-fn open_pcm(device: &str, dir: Direction, period_frames: usize, buffer_frames: usize) -> Result<PCM, MediaError> {
+fn open_pcm(
+    device: &str,
+    dir: Direction,
+    period_frames: usize,
+    buffer_frames: usize,
+) -> Result<PCM, MediaError> {
     let err = |what: &str, e: alsa::Error| MediaError::AudioDevice {
         device: device.to_owned(),
         detail: format!("{what}: {e}"),

@@ -114,13 +114,11 @@ impl Devices {
             AudioSourceConfig::Synthetic => Box::new(SyntheticAudio::new(clock)),
             AudioSourceConfig::File { path } => Box::new(WavAudio::open(path)?),
             #[cfg(feature = "alsa")]
-            AudioSourceConfig::Alsa { device } => {
-                Box::new(super::alsa_io::AlsaCapture::open_buffered(
-                    device,
-                    period,
-                    super::alsa_io::frames_in_ms(cfg.capture_buffer_ms),
-                )?)
-            }
+            AudioSourceConfig::Alsa { device } => Box::new(super::alsa_io::AlsaCapture::open_buffered(
+                device,
+                period,
+                super::alsa_io::frames_in_ms(cfg.capture_buffer_ms),
+            )?),
             #[cfg(not(feature = "alsa"))]
             AudioSourceConfig::Alsa { .. } => {
                 return Err(MediaError::Config("this build has no ALSA support (feature `alsa`)".into()));

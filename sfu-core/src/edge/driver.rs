@@ -132,7 +132,8 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
         let l = TcpListener::from_std(l)?;
         tokio::spawn(accept_loop(l, tcp_tx.clone()));
     }
-    let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
     let mut sinks = Sinks::default();
     let mut batch = RecvBatch::default();
     let mut out_udp: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> = Vec::with_capacity(256);
@@ -151,24 +152,27 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => match t.proto {
                     Protocol::Udp => {
-                        let from = if wildcard { send_from(&dest_map, &local_ips, t.source.ip()) } else { None };
+                        let from =
+                            if wildcard { send_from(&dest_map, &local_ips, t.source.ip()) } else { None };
                         out_udp.push((t.destination, from, t.contents.into()));
                     }
                     Protocol::Tcp => {
-                        if let (Some((w, _)), Some(f)) = (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents)) {
+                        if let (Some((w, _)), Some(f)) =
+                            (tcp_writers.get(&t.destination), Rfc4571::frame(&t.contents))
+                        {
                             let _ = w.try_send(f);
                         }
                     }
                     _ => {}
                 },
                 Output::Signal(id, msg) => {
-                    if let Some(s) = sinks.signals.get(&id) {
-                        if s.try_send(msg).is_err() {
-                            // a client that does not read its socket is dropped, the room goes on
-                            tracing::info!(participant = id, "signaling backlog full: dropping client");
-                            sinks.signals.remove(&id);
-                            engine.leave(Instant::now(), id, LeaveReason::ConnectionLost);
-                        }
+                    if let Some(s) = sinks.signals.get(&id)
+                        && s.try_send(msg).is_err()
+                    {
+                        // a client that does not read its socket is dropped, the room goes on
+                        tracing::info!(participant = id, "signaling backlog full: dropping client");
+                        sinks.signals.remove(&id);
+                        engine.leave(Instant::now(), id, LeaveReason::ConnectionLost);
                     }
                 }
                 Output::Local(id, ev) => {
@@ -236,10 +240,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::select! {
             biased;
-            r = control.recv() => match r {
-                Some(req) => handle(&mut engine, &mut sinks, req, &mut shutdown_reply),
-                None => {}
-            },
+            r = control.recv() => if let Some(req) = r { handle(&mut engine, &mut sinks, req, &mut shutdown_reply) },
             r = udp.readable() => {
                 if r.is_ok() {
                     for _ in 0..8 {
@@ -419,7 +420,6 @@ pub(crate) fn engine_for(
     let engine = Engine::new(config.clone(), candidates, Instant::now(), SystemTime::now());
     (engine, dest_map)
 }
-
 
 #[cfg(test)]
 mod send_from_tests {

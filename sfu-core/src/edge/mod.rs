@@ -39,10 +39,10 @@ pub fn interface_ips(include_loopback: bool) -> Vec<IpAddr> {
                 }
                 _ => continue,
             };
-            if let IpAddr::V6(v6) = ip {
-                if (v6.segments()[0] & 0xffc0) == 0xfe80 {
-                    continue;
-                }
+            if let IpAddr::V6(v6) = ip
+                && (v6.segments()[0] & 0xffc0) == 0xfe80
+            {
+                continue;
             }
             if ip.is_loopback() && !include_loopback {
                 continue;
@@ -84,12 +84,11 @@ pub fn candidates(ips: &[IpAddr], udp_port: u16, tcp_port: Option<u16>) -> Vec<C
         if let Ok(c) = Candidate::host(SocketAddr::new(*ip, udp_port), "udp") {
             out.push(c);
         }
-        if let Some(port) = tcp_port {
-            if let Ok(c) =
+        if let Some(port) = tcp_port
+            && let Ok(c) =
                 Candidate::builder().tcp().host(SocketAddr::new(*ip, port)).tcptype(TcpType::Passive).build()
-            {
-                out.push(c);
-            }
+        {
+            out.push(c);
         }
     }
     out

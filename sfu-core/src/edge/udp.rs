@@ -58,11 +58,8 @@ impl RecvBatch {
 /// Ask the kernel for each datagram's destination address.
 pub fn enable_pktinfo(sock: &impl AsRawFd, v6: bool) -> io::Result<()> {
     let one: libc::c_int = 1;
-    let (level, opt) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_PKTINFO)
-    };
+    let (level, opt) =
+        if v6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) } else { (libc::IPPROTO_IP, libc::IP_PKTINFO) };
     // SAFETY: valid fd, pointer to a c_int of the stated size.
     let r = unsafe {
         libc::setsockopt(
@@ -88,7 +85,12 @@ fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: family says this storage holds a sockaddr_in6.
             let a: &libc::sockaddr_in6 = unsafe { &*(s as *const _ as *const libc::sockaddr_in6) };
             let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
         }
         _ => None,
     }
@@ -124,7 +126,8 @@ fn parse_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
         while !c.is_null() {
             let h = &*c;
             if h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_PKTINFO {
-                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                let info: libc::in_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
                 return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
             }
             if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
@@ -148,7 +151,10 @@ pub fn recv_batch(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
         let mut iovs: [libc::iovec; BATCH] = zeroed();
         let mut msgs: [libc::mmsghdr; BATCH] = zeroed();
         for i in 0..BATCH {
-            iovs[i] = libc::iovec { iov_base: batch.bufs[i].as_mut_ptr() as *mut libc::c_void, iov_len: MAX_DATAGRAM };
+            iovs[i] = libc::iovec {
+                iov_base: batch.bufs[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: MAX_DATAGRAM,
+            };
             let h = &mut msgs[i].msg_hdr;
             h.msg_name = &mut batch.names[i] as *mut _ as *mut libc::c_void;
             h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -157,7 +163,13 @@ pub fn recv_batch(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
             h.msg_control = batch.cmsgs[i].as_mut_ptr() as *mut libc::c_void;
             h.msg_controllen = CMSG_SPACE as _;
         }
-        let n = libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut());
+        let n = libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        );
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -227,8 +239,12 @@ type PktinfoBuf = [u64; 6];
 /// `buf` must outlive every use of `h`.
 unsafe fn set_source(h: &mut libc::msghdr, buf: &mut PktinfoBuf, src: IpAddr, to: &SocketAddr) -> bool {
     let (level, ty, len) = match (src, to) {
-        (IpAddr::V4(_), SocketAddr::V4(_)) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
-        (IpAddr::V6(_), SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
+        (IpAddr::V4(_), SocketAddr::V4(_)) => {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>())
+        }
+        (IpAddr::V6(_), SocketAddr::V6(_)) => {
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>())
+        }
         _ => return false,
     };
     // SAFETY: `buf` is zeroed, aligned for cmsghdr and larger than CMSG_SPACE
@@ -256,7 +272,8 @@ unsafe fn set_source(h: &mut libc::msghdr, buf: &mut PktinfoBuf, src: IpAddr, to
                 std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in_pktinfo, info);
             }
             IpAddr::V6(ip) => {
-                let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+                let info =
+                    libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
                 std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, info);
             }
         }

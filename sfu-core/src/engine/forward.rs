@@ -123,7 +123,8 @@ pub(super) fn resolve_pt(rtc: &Rtc, mid: Mid, codec: Codec, format: &FormatParam
             if pm(f.packetization_mode) != pm(format.packetization_mode) {
                 continue;
             }
-            let (a, b) = (f.profile_level_id.unwrap_or(0x42001f), format.profile_level_id.unwrap_or(0x42e01f));
+            let (a, b) =
+                (f.profile_level_id.unwrap_or(0x42001f), format.profile_level_id.unwrap_or(0x42e01f));
             if a >> 8 == b >> 8 {
                 score += 4;
             } else if a >> 16 == b >> 16 {
@@ -155,11 +156,8 @@ impl Engine {
                     if t.mid != Some(mid) {
                         return None;
                     }
-                    let l = if t.layers.len() == 1 {
-                        0
-                    } else {
-                        t.layers.iter().position(|l| l.rid == rid)?
-                    };
+                    let l =
+                        if t.layers.len() == 1 { 0 } else { t.layers.iter().position(|l| l.rid == rid)? };
                     Some((*tk, l))
                 });
                 let Some((tk, l)) = hit else {
@@ -184,27 +182,27 @@ impl Engine {
         p.publish_bytes.add(now, pkt.payload.len());
         // codec by payload type (first packet, or a codec change)
         let pt = pkt.header.payload_type;
-        if let Some(t) = self.tracks.get_mut(&tk) {
-            if t.last_pt != Some(pt) {
-                t.last_pt = Some(pt);
-                let spec = p
-                    .rtc
-                    .as_ref()
-                    .and_then(|r| r.codec_config().params().iter().find(|x| x.pt() == pt).map(|x| x.spec()));
-                if let Some(spec) = spec {
-                    if t.codec != Some(spec.codec) || t.format != spec.format {
-                        t.codec = Some(spec.codec);
-                        t.codec_name = Arc::from(codec_label(spec.codec));
-                        t.format = spec.format;
-                        t.clock_rate = spec.clock_rate.get();
-                        t.video_format = video_format(spec.codec);
-                        for s in t.subscribers.iter() {
-                            if let Some(sp) = self.participants.get_mut(s) {
-                                for d in sp.downtracks.iter_mut().filter(|d| d.source == Some(tk)) {
-                                    d.pt = None;
-                                    d.rewriter.set_clock_rate(t.clock_rate);
-                                }
-                            }
+        if let Some(t) = self.tracks.get_mut(&tk)
+            && t.last_pt != Some(pt)
+        {
+            t.last_pt = Some(pt);
+            let spec = p
+                .rtc
+                .as_ref()
+                .and_then(|r| r.codec_config().params().iter().find(|x| x.pt() == pt).map(|x| x.spec()));
+            if let Some(spec) = spec
+                && (t.codec != Some(spec.codec) || t.format != spec.format)
+            {
+                t.codec = Some(spec.codec);
+                t.codec_name = Arc::from(codec_label(spec.codec));
+                t.format = spec.format;
+                t.clock_rate = spec.clock_rate.get();
+                t.video_format = video_format(spec.codec);
+                for s in t.subscribers.iter() {
+                    if let Some(sp) = self.participants.get_mut(s) {
+                        for d in sp.downtracks.iter_mut().filter(|d| d.source == Some(tk)) {
+                            d.pt = None;
+                            d.rewriter.set_clock_rate(t.clock_rate);
                         }
                     }
                 }
@@ -319,12 +317,19 @@ impl Engine {
                 }
                 if simulcast && room_client && now_layer != before {
                     // `layer` tells what is forwarded now: a new layer, or null when video paused
-                    let shown = if now_layer.is_some() || d.selector.target().is_none() { Some(now_layer) } else { None };
+                    let shown = if now_layer.is_some() || d.selector.target().is_none() {
+                        Some(now_layer)
+                    } else {
+                        None
+                    };
                     if let Some(l) = shown.filter(|l| d.last_layer_sent != Some(*l)) {
                         d.last_layer_sent = Some(l);
                         out.push_back(Output::Signal(
                             *sid,
-                            ServerMessage::Layer { track: t.id.to_string(), rid: l.and_then(|l| t.rids.get(l).cloned()) },
+                            ServerMessage::Layer {
+                                track: t.id.to_string(),
+                                rid: l.and_then(|l| t.rids.get(l).cloned()),
+                            },
                         ));
                     }
                 }
@@ -349,10 +354,10 @@ impl Engine {
             let vp8_patched = vp8_values.filter(|_| !d.vp8.is_identity());
             match (&mut s.rtc, d.mid) {
                 (Some(rtc), Some(mid)) => {
-                    if d.pt.is_none() {
-                        if let Some(codec) = t.codec {
-                            d.pt = resolve_pt(rtc, mid, codec, &t.format);
-                        }
+                    if d.pt.is_none()
+                        && let Some(codec) = t.codec
+                    {
+                        d.pt = resolve_pt(rtc, mid, codec, &t.format);
                     }
                     let Some(pt) = d.pt else {
                         counters.dropped_packets += 1;
@@ -477,7 +482,13 @@ impl Engine {
     }
 
     /// Point down-track `idx` of `sid` at another source track.
-    pub(super) fn bind_downtrack(&mut self, now: Instant, sid: ParticipantId, idx: usize, tk: Option<TrackKey>) {
+    pub(super) fn bind_downtrack(
+        &mut self,
+        now: Instant,
+        sid: ParticipantId,
+        idx: usize,
+        tk: Option<TrackKey>,
+    ) {
         let Some(s) = self.participants.get_mut(&sid) else { return };
         let Some(d) = s.downtracks.get_mut(idx) else { return };
         if d.source == tk {
@@ -497,10 +508,10 @@ impl Engine {
             o.subscribers.retain(|x| *x != sid);
         }
         if let Some(tk) = tk {
-            if let Some(t) = self.tracks.get_mut(&tk) {
-                if !t.subscribers.contains(&sid) {
-                    t.subscribers.push(sid);
-                }
+            if let Some(t) = self.tracks.get_mut(&tk)
+                && !t.subscribers.contains(&sid)
+            {
+                t.subscribers.push(sid);
             }
             self.allocate_one(now, sid);
             self.request_keyframes_for_track(now, tk);
@@ -510,7 +521,10 @@ impl Engine {
     /// The active speaker changed: tell the room, move the speaker views.
     pub(super) fn speaker_changed(&mut self, now: Instant, room: &str, speaker: Option<ParticipantId>) {
         let identity = speaker.and_then(|s| self.participants.get(&s)).map(|p| p.identity.to_string());
-        self.out.push_back(Output::Room(RoomEvent::ActiveSpeaker { room: room.to_string(), identity: identity.clone() }));
+        self.out.push_back(Output::Room(RoomEvent::ActiveSpeaker {
+            room: room.to_string(),
+            identity: identity.clone(),
+        }));
         self.broadcast(room, ServerMessage::ActiveSpeaker { identity }, None);
         self.rebind_speaker_views(now, room);
     }
@@ -532,17 +546,18 @@ impl Engine {
             for (i, kind, current) in binds {
                 let of = |owner: Option<ParticipantId>| {
                     room_tracks.iter().copied().find(|tk| {
-                        self.tracks.get(tk).is_some_and(|t| t.kind == kind && Some(t.owner) == owner && t.owner != sid)
+                        self.tracks
+                            .get(tk)
+                            .is_some_and(|t| t.kind == kind && Some(t.owner) == owner && t.owner != sid)
                     })
                 };
                 // the speaker's track; else keep the current one; else anyone's
-                let next = of(speaker)
-                    .or(current.filter(|c| self.tracks.contains_key(c)))
-                    .or_else(|| {
-                        room_tracks.iter().copied().find(|tk| {
-                            self.tracks.get(tk).is_some_and(|t| t.kind == kind && t.owner != sid)
-                        })
-                    });
+                let next = of(speaker).or(current.filter(|c| self.tracks.contains_key(c))).or_else(|| {
+                    room_tracks
+                        .iter()
+                        .copied()
+                        .find(|tk| self.tracks.get(tk).is_some_and(|t| t.kind == kind && t.owner != sid))
+                });
                 if next != current {
                     self.bind_downtrack(now, sid, i, next);
                 }
@@ -638,10 +653,10 @@ impl Engine {
                 if !d.ready || d.kind != TrackKind::Video {
                     continue;
                 }
-                if let (Some(tk), Some(l)) = (d.source, d.selector.wants_keyframe()) {
-                    if !reqs.contains(&(tk, l)) {
-                        reqs.push((tk, l));
-                    }
+                if let (Some(tk), Some(l)) = (d.source, d.selector.wants_keyframe())
+                    && !reqs.contains(&(tk, l))
+                {
+                    reqs.push((tk, l));
                 }
             }
         }
@@ -665,15 +680,22 @@ impl Engine {
             if !owner.is_local() || t.kind != TrackKind::Video {
                 continue;
             }
-            let idx = owner.published.iter().position(|x| self.tracks.get(x).is_some_and(|y| Arc::ptr_eq(&y.id, &t.id)));
+            let idx = owner
+                .published
+                .iter()
+                .position(|x| self.tracks.get(x).is_some_and(|y| Arc::ptr_eq(&y.id, &t.id)));
             let Some(idx) = idx else { continue };
             for (li, _) in t.layers.iter().enumerate() {
                 let bps = t
                     .subscribers
                     .iter()
                     .filter_map(|s| self.participants.get(s))
-                    .flat_map(|s| s.downtracks.iter().filter(|d| d.source.is_some() && d.selector.target() == Some(li)))
-                    .filter(|d| d.source.and_then(|k| self.tracks.get(&k)).is_some_and(|x| Arc::ptr_eq(&x.id, &t.id)))
+                    .flat_map(|s| {
+                        s.downtracks.iter().filter(|d| d.source.is_some() && d.selector.target() == Some(li))
+                    })
+                    .filter(|d| {
+                        d.source.and_then(|k| self.tracks.get(&k)).is_some_and(|x| Arc::ptr_eq(&x.id, &t.id))
+                    })
                     .map(|d| d.alloc_bps)
                     .max()
                     .unwrap_or(0);
@@ -684,7 +706,10 @@ impl Engine {
         }
         for (owner, track, layer, bps) in targets {
             let cap = self.config.limits.max_publish_bitrate_bps;
-            self.out.push_back(Output::Local(owner, LocalEvent::TargetBitrate { track, layer, bps: bps.min(cap) }));
+            self.out.push_back(Output::Local(
+                owner,
+                LocalEvent::TargetBitrate { track, layer, bps: bps.min(cap) },
+            ));
         }
     }
 
@@ -701,13 +726,17 @@ impl Engine {
         {
             let Engine { participants, tracks, out, work, .. } = self;
             let Some(s) = participants.get_mut(&id) else { return };
-            let audio = s.downtracks.iter().filter(|d| d.kind == TrackKind::Audio && d.source.is_some()).count() as u64;
-            let videos = s.downtracks.iter().filter(|d| d.kind == TrackKind::Video && d.source.is_some()).count();
+            let audio =
+                s.downtracks.iter().filter(|d| d.kind == TrackKind::Audio && d.source.is_some()).count()
+                    as u64;
+            let videos =
+                s.downtracks.iter().filter(|d| d.kind == TrackKind::Video && d.source.is_some()).count();
             if videos == 0 {
                 return;
             }
             let budget = s.link.budget(now).saturating_sub(audio * AUDIO_BPS);
-            let lossy = s.link.loss(now) >= CONGESTION_LOSS || s.link.recent_loss(now) >= CONGESTION_RECENT_LOSS;
+            let lossy =
+                s.link.loss(now) >= CONGESTION_LOSS || s.link.recent_loss(now) >= CONGESTION_RECENT_LOSS;
             let Participant { downtracks, rtc, .. } = &mut *s;
             // pass 1: every video's lowest flowing layer within its size cap
             let mut plans: SmallVec<[Plan; 8]> = SmallVec::new();
@@ -715,20 +744,22 @@ impl Engine {
             for (i, d) in downtracks.iter_mut().enumerate().filter(|(_, d)| d.kind == TrackKind::Video) {
                 let Some(t) = d.source.and_then(|tk| tracks.get(&tk)) else { continue };
                 let n = t.layers.len();
-                let rates: SmallVec<[u64; 3]> = t
-                    .layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| {
-                        if l.meter.bps() > 0 {
-                            l.meter.bps()
-                        } else if l.meter.last_packet().is_some_and(|p| now.saturating_duration_since(p) < Duration::from_millis(1500)) {
-                            DEFAULT_LAYER_BPS[i.min(2)]
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
+                let rates: SmallVec<[u64; 3]> =
+                    t.layers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            if l.meter.bps() > 0 {
+                                l.meter.bps()
+                            } else if l.meter.last_packet().is_some_and(|p| {
+                                now.saturating_duration_since(p) < Duration::from_millis(1500)
+                            }) {
+                                DEFAULT_LAYER_BPS[i.min(2)]
+                            } else {
+                                0
+                            }
+                        })
+                        .collect();
                 let max = if n > 1 { d.policy.size_cap(n, d.want_width) } else { 0 };
                 let min = (0..=max).map(|l| rates[l]).find(|r| *r > 0).unwrap_or(0);
                 left = left.saturating_sub(min);
@@ -759,7 +790,8 @@ impl Engine {
                     };
                     // a climb just done started with a keyframe: a burst that may
                     // queue and lose a little; the estimate alone judges it
-                    let climbing = d.climbed_at.is_some_and(|t| now.saturating_duration_since(t) < tuning.climb_grace);
+                    let climbing =
+                        d.climbed_at.is_some_and(|t| now.saturating_duration_since(t) < tuning.climb_grace);
                     let congested = !climbing && (lossy || queued.is_some_and(|q| q >= CONGESTION_QUEUE));
                     let c = d.policy.choose(now, &tuning, &rates, max, share, congested);
                     if c.target != d.selector.target() {
@@ -796,7 +828,8 @@ impl Engine {
                 left = (left + min).saturating_sub(used);
                 allocated += used;
                 d.alloc_bps = used.max(share.min(DEFAULT_LAYER_BPS[2]));
-                desired += rates.get(max).copied().filter(|r| *r > 0).unwrap_or(DEFAULT_LAYER_BPS[max.min(2)]);
+                desired +=
+                    rates.get(max).copied().filter(|r| *r > 0).unwrap_or(DEFAULT_LAYER_BPS[max.min(2)]);
             }
             // let str0m probe towards what the subscriber could use, and pad
             // up to the next layer once a track may climb

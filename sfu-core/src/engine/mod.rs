@@ -256,7 +256,8 @@ impl Negotiation {
 
     /// Is `tk` being subscribed already (waiting, or in the outstanding offer)?
     fn has_pending(&self, tk: TrackKey) -> bool {
-        self.wanted.iter().any(|w| w.0 == tk) || self.pending.as_ref().is_some_and(|p| p.added.iter().any(|a| a.0 == tk))
+        self.wanted.iter().any(|w| w.0 == tk)
+            || self.pending.as_ref().is_some_and(|p| p.added.iter().any(|a| a.0 == tk))
     }
 }
 
@@ -464,10 +465,8 @@ impl Engine {
     ) {
         let is_stun = buf.first().is_some_and(|b| *b < 2);
         let mut pid = None;
-        if is_stun {
-            if let Some(u) = wire::stun_local_ufrag(buf) {
-                pid = self.by_ufrag.get(u).copied();
-            }
+        if is_stun && let Some(u) = wire::stun_local_ufrag(buf) {
+            pid = self.by_ufrag.get(u).copied();
         }
         if pid.is_none() {
             pid = self.by_addr.get(&(proto, source)).copied();
@@ -505,12 +504,11 @@ impl Engine {
         }
         if is_stun && !p.addrs.contains(&(proto, source)) && p.addrs.len() < 16 {
             p.addrs.push((proto, source));
-            if let Some(old) = self.by_addr.insert((proto, source), pid) {
-                if old != pid {
-                    if let Some(o) = self.participants.get_mut(&old) {
-                        o.addrs.retain(|a| *a != (proto, source));
-                    }
-                }
+            if let Some(old) = self.by_addr.insert((proto, source), pid)
+                && old != pid
+                && let Some(o) = self.participants.get_mut(&old)
+            {
+                o.addrs.retain(|a| *a != (proto, source));
             }
         }
         self.drain(pid);
@@ -559,10 +557,10 @@ impl Engine {
             .get(room)
             .and_then(|r| r.max_participants)
             .unwrap_or(self.config.limits.max_participants_per_room);
-        if let Some(r) = self.rooms.get(room) {
-            if r.participants.len() >= max {
-                return Err(SfuError::RoomFull { room: room.to_string(), max });
-            }
+        if let Some(r) = self.rooms.get(room)
+            && r.participants.len() >= max
+        {
+            return Err(SfuError::RoomFull { room: room.to_string(), max });
         }
         self.join_tokens -= 1.0;
         Ok(())
@@ -591,7 +589,8 @@ impl Engine {
         if let Some(m) = &self.metrics {
             m.rooms.set(self.rooms.len() as i64);
         }
-        self.out.push_back(Output::Room(RoomEvent::RoomOpened { room: name.to_string(), at: self.wall(now) }));
+        self.out
+            .push_back(Output::Room(RoomEvent::RoomOpened { room: name.to_string(), at: self.wall(now) }));
         key
     }
 
@@ -699,7 +698,7 @@ impl Engine {
             room: room.clone(),
             identity: Arc::from(join.identity.as_str()),
             name: join.name.clone(),
-            grants: join.grants.clone(),
+            grants: join.grants,
             kind: Kind::Remote { role: join.role.clone() },
             rtc: Some(Box::new(rtc)),
             timeout: now,
@@ -809,7 +808,9 @@ impl Engine {
         self.announce_join(now, id);
         for spec in &join.publish {
             let (codec, name, format, clock, vf) = match &spec.codec {
-                LocalCodec::Opus => (Codec::Opus, "opus", FormatParams::default(), 48_000, VideoFormat::Other),
+                LocalCodec::Opus => {
+                    (Codec::Opus, "opus", FormatParams::default(), 48_000, VideoFormat::Other)
+                }
                 LocalCodec::Vp8 => (Codec::Vp8, "VP8", FormatParams::default(), 90_000, VideoFormat::Vp8),
                 LocalCodec::H264 { profile_level_id } => {
                     let f = FormatParams {
@@ -865,9 +866,9 @@ impl Engine {
         let ids = self.find(room, identity)?;
         for id in ids {
             match self.participants.get(&id).map(|p| p.is_local()) {
-                Some(false) => {
-                    self.out.push_back(Output::Signal(id, ServerMessage::Kicked { reason: reason.to_string() }))
-                }
+                Some(false) => self
+                    .out
+                    .push_back(Output::Signal(id, ServerMessage::Kicked { reason: reason.to_string() })),
                 Some(true) => self.out.push_back(Output::Local(
                     id,
                     LocalEvent::Signal(ServerMessage::Kicked { reason: reason.to_string() }),
@@ -905,7 +906,8 @@ impl Engine {
     ) -> Result<(), SfuError> {
         let ids = self.find(room, identity)?;
         for id in ids {
-            let tracks: Vec<TrackKey> = self.participants.get(&id).map(|p| p.published.clone()).unwrap_or_default();
+            let tracks: Vec<TrackKey> =
+                self.participants.get(&id).map(|p| p.published.clone()).unwrap_or_default();
             for tk in tracks {
                 let Some(t) = self.tracks.get_mut(&tk) else { continue };
                 if t.kind != kind || t.admin_muted == muted {
@@ -927,17 +929,23 @@ impl Engine {
     }
 
     /// A local participant (un)muted one of its tracks.
-    pub fn set_local_muted(&mut self, now: Instant, id: ParticipantId, track: usize, muted: bool) -> Result<(), SfuError> {
+    pub fn set_local_muted(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        track: usize,
+        muted: bool,
+    ) -> Result<(), SfuError> {
         let tk = self
             .participants
             .get(&id)
             .and_then(|p| p.published.get(track).copied())
             .ok_or_else(|| SfuError::NoSuchTrack(format!("local track {track}")))?;
-        if let Some(t) = self.tracks.get_mut(&tk) {
-            if t.muted != muted {
-                t.muted = muted;
-                self.track_muted_changed(now, tk);
-            }
+        if let Some(t) = self.tracks.get_mut(&tk)
+            && t.muted != muted
+        {
+            t.muted = muted;
+            self.track_muted_changed(now, tk);
         }
         self.process(now);
         Ok(())
@@ -975,7 +983,8 @@ impl Engine {
     pub fn shutdown(&mut self, now: Instant) {
         let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
         for &id in &ids {
-            let msg = ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: Some(5000) };
+            let msg =
+                ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: Some(5000) };
             match self.participants.get(&id) {
                 Some(p) if p.is_local() => self.out.push_back(Output::Local(id, LocalEvent::Signal(msg))),
                 Some(p) if p.is_room_client() => self.out.push_back(Output::Signal(id, msg)),
@@ -994,17 +1003,21 @@ impl Engine {
         }
         self.process(now);
         let after = self.out.split_off(told);
-        self.out.extend(after.into_iter().filter(|o| !matches!(o, Output::Signal(..) | Output::Local(_, LocalEvent::Signal(_)))));
+        self.out.extend(
+            after
+                .into_iter()
+                .filter(|o| !matches!(o, Output::Signal(..) | Output::Local(_, LocalEvent::Signal(_)))),
+        );
     }
 
     fn remove_participant(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {
         let Some(mut p) = self.participants.remove(&id) else { return };
         // its subscriptions
         for d in p.downtracks.drain(..) {
-            if let Some(tk) = d.source {
-                if let Some(t) = self.tracks.get_mut(&tk) {
-                    t.subscribers.retain(|s| *s != id);
-                }
+            if let Some(tk) = d.source
+                && let Some(t) = self.tracks.get_mut(&tk)
+            {
+                t.subscribers.retain(|s| *s != id);
             }
         }
         // its publications
@@ -1053,9 +1066,16 @@ impl Engine {
                 m.remove_room(&room_name);
                 m.rooms.set(self.rooms.len() as i64);
             }
-            self.out.push_back(Output::Room(RoomEvent::RoomClosed { room: room_name.to_string(), at: self.wall(now) }));
+            self.out.push_back(Output::Room(RoomEvent::RoomClosed {
+                room: room_name.to_string(),
+                at: self.wall(now),
+            }));
         } else {
-            self.broadcast(&room_name, ServerMessage::ParticipantLeft { identity: p.identity.to_string() }, None);
+            self.broadcast(
+                &room_name,
+                ServerMessage::ParticipantLeft { identity: p.identity.to_string() },
+                None,
+            );
             if let Some(change) = speaker_change {
                 self.speaker_changed(now, &room_name, change);
             }
@@ -1121,7 +1141,9 @@ impl Engine {
                     .iter()
                     .filter(|x| **x != id)
                     .filter(|x| {
-                        self.participants.get(x).is_some_and(|o| !matches!(o.role(), Some(PeerRole::Whep { .. })))
+                        self.participants
+                            .get(x)
+                            .is_some_and(|o| !matches!(o.role(), Some(PeerRole::Whep { .. })))
                     })
                     .filter_map(|x| self.participant_info(*x))
                     .collect()
@@ -1251,9 +1273,13 @@ impl Engine {
         let owner = t.owner;
         let owner_identity = t.owner_identity.clone();
         let kind = t.kind;
-        self.out.push_back(Output::Room(RoomEvent::TrackPublished { room: room.to_string(), track: info.clone() }));
+        self.out.push_back(Output::Room(RoomEvent::TrackPublished {
+            room: room.to_string(),
+            track: info.clone(),
+        }));
         self.broadcast(&room, ServerMessage::TrackPublished { track: info }, None);
-        let members: Vec<ParticipantId> = self.rooms.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        let members: Vec<ParticipantId> =
+            self.rooms.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
         for sid in members {
             if sid == owner {
                 continue;
@@ -1320,7 +1346,10 @@ impl Engine {
                     let d = s.downtracks.remove(i);
                     if s.is_room_client() {
                         s.neg.park(d);
-                        self.out.push_back(Output::Signal(*sid, ServerMessage::Unsubscribed { track: t.id.to_string() }));
+                        self.out.push_back(Output::Signal(
+                            *sid,
+                            ServerMessage::Unsubscribed { track: t.id.to_string() },
+                        ));
                     }
                 }
                 Bind::Identity | Bind::Speaker => {
@@ -1338,7 +1367,10 @@ impl Engine {
         for sid in subs {
             self.maybe_offer(now, sid);
         }
-        self.out.push_back(Output::Room(RoomEvent::TrackUnpublished { room: t.room.to_string(), track: t.id.to_string() }));
+        self.out.push_back(Output::Room(RoomEvent::TrackUnpublished {
+            room: t.room.to_string(),
+            track: t.id.to_string(),
+        }));
         self.broadcast(&t.room, ServerMessage::TrackUnpublished { track: t.id.to_string() }, Some(t.owner));
         // a speaker-following viewer may now bind to another track of the speaker
         self.rebind_speaker_views(now, &t.room);
@@ -1357,7 +1389,9 @@ impl Engine {
                     .participants
                     .iter()
                     .filter(|x| {
-                        self.participants.get(x).is_some_and(|o| !matches!(o.role(), Some(PeerRole::Whep { .. })))
+                        self.participants
+                            .get(x)
+                            .is_some_and(|o| !matches!(o.role(), Some(PeerRole::Whep { .. })))
                     })
                     .filter_map(|x| self.participant_info(*x))
                     .collect(),
@@ -1438,10 +1472,8 @@ impl Engine {
                 use str0m::IceConnectionState as S;
                 if let Some(p) = self.participants.get_mut(&id) {
                     match s {
-                        S::Disconnected => {
-                            if p.disconnected_at.is_none() {
-                                p.disconnected_at = Some(now);
-                            }
+                        S::Disconnected if p.disconnected_at.is_none() => {
+                            p.disconnected_at = Some(now);
                         }
                         S::Connected | S::Completed => p.disconnected_at = None,
                         _ => {}
@@ -1464,27 +1496,25 @@ impl Engine {
                 }
             }
             Event::ChannelOpen(ch, label) => {
-                if label == "chat" {
-                    if let Some(p) = self.participants.get_mut(&id) {
-                        p.chat = Some(ch);
-                    }
+                if label == "chat"
+                    && let Some(p) = self.participants.get_mut(&id)
+                {
+                    p.chat = Some(ch);
                 }
             }
             Event::ChannelData(d) => self.on_chat(now, id, d),
             Event::ChannelClose(ch) => {
-                if let Some(p) = self.participants.get_mut(&id) {
-                    if p.chat == Some(ch) {
-                        p.chat = None;
-                    }
+                if let Some(p) = self.participants.get_mut(&id)
+                    && p.chat == Some(ch)
+                {
+                    p.chat = None;
                 }
             }
             Event::MediaEgressStats(s) => self.on_egress_stats(id, s),
             Event::MediaIngressStats(s) => self.on_ingress_stats(id, s),
             Event::PeerStats(s) => self.on_peer_stats(now, id, s),
-            Event::Closed => {
-                if !self.to_remove.iter().any(|x| x.0 == id) {
-                    self.to_remove.push((id, LeaveReason::ConnectionLost));
-                }
+            Event::Closed if !self.to_remove.iter().any(|x| x.0 == id) => {
+                self.to_remove.push((id, LeaveReason::ConnectionLost));
             }
             _ => {}
         }
@@ -1545,7 +1575,8 @@ impl Engine {
             }
             c.send_queue_full_flushed = c.send_queue_full;
             let (at, logged) = c.send_queue_full_logged.unwrap_or((self.start, 0));
-            if c.send_queue_full_logged.is_none() || now.saturating_duration_since(at) >= SEND_QUEUE_LOG_EVERY {
+            if c.send_queue_full_logged.is_none() || now.saturating_duration_since(at) >= SEND_QUEUE_LOG_EVERY
+            {
                 tracing::warn!(
                     dropped = c.send_queue_full - logged,
                     total = c.send_queue_full,

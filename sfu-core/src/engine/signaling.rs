@@ -35,7 +35,12 @@ impl Engine {
             ClientMessage::Answer { sdp, seq } => self.on_client_answer(now, id, &sdp, seq),
             ClientMessage::Candidate { candidate, .. } => {
                 if let Some(c) = candidate {
-                    let line = c.strip_prefix("a=").unwrap_or(&c).strip_prefix("candidate:").map(|_| ()).map(|_| c.clone());
+                    let line = c
+                        .strip_prefix("a=")
+                        .unwrap_or(&c)
+                        .strip_prefix("candidate:")
+                        .map(|_| ())
+                        .map(|_| c.clone());
                     let s = line.unwrap_or(c);
                     self.add_remote_candidate(id, &s);
                 }
@@ -77,17 +82,21 @@ impl Engine {
                     .find(|tk| self.tracks.get(tk).is_some_and(|t| *t.id == *track));
                 match tk {
                     Some(tk) => {
-                        if let Some(t) = self.tracks.get_mut(&tk) {
-                            if t.muted != muted {
-                                t.muted = muted;
-                                self.track_muted_changed(now, tk);
-                            }
+                        if let Some(t) = self.tracks.get_mut(&tk)
+                            && t.muted != muted
+                        {
+                            t.muted = muted;
+                            self.track_muted_changed(now, tk);
                         }
                     }
-                    None => self.error(id, ErrorCode::UnknownTrack, &format!("you publish no track {track:?}")),
+                    None => {
+                        self.error(id, ErrorCode::UnknownTrack, &format!("you publish no track {track:?}"))
+                    }
                 }
             }
-            ClientMessage::Ping { id: n } => self.out.push_back(Output::Signal(id, ServerMessage::Pong { id: n })),
+            ClientMessage::Ping { id: n } => {
+                self.out.push_back(Output::Signal(id, ServerMessage::Pong { id: n }))
+            }
             ClientMessage::Leave {} => self.remove_participant(now, id, LeaveReason::Left),
         }
         self.process(now);
@@ -99,7 +108,10 @@ impl Engine {
 
     fn track_by_id(&self, id: ParticipantId, track: &str) -> Option<TrackKey> {
         let room = self.rooms.get(&self.participants.get(&id)?.room)?;
-        room.tracks.iter().copied().find(|tk| self.tracks.get(tk).is_some_and(|t| &*t.id == track && t.owner != id))
+        room.tracks
+            .iter()
+            .copied()
+            .find(|tk| self.tracks.get(tk).is_some_and(|t| &*t.id == track && t.owner != id))
     }
 
     /// Auto-subscription of a newcomer to what is already published.
@@ -148,7 +160,10 @@ impl Engine {
         let Some(rtc) = self.participants.get_mut(&id).and_then(|p| p.rtc.as_mut()) else { return };
         match rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => {
-                self.out.push_back(Output::Signal(id, ServerMessage::Answer { sdp: answer.to_sdp_string(), seq }));
+                self.out.push_back(Output::Signal(
+                    id,
+                    ServerMessage::Answer { sdp: answer.to_sdp_string(), seq },
+                ));
             }
             Err(e) => {
                 self.drain(id);
@@ -227,7 +242,10 @@ impl Engine {
     /// Send a server offer if subscriptions changed and none is outstanding.
     pub(super) fn maybe_offer(&mut self, _now: Instant, id: ParticipantId) {
         let Some(p) = self.participants.get_mut(&id) else { return };
-        if !p.is_room_client() || p.neg.pending.is_some() || (p.neg.wanted.is_empty() && p.neg.removals.is_empty()) {
+        if !p.is_room_client()
+            || p.neg.pending.is_some()
+            || (p.neg.wanted.is_empty() && p.neg.removals.is_empty())
+        {
             return;
         }
         let wanted = std::mem::take(&mut p.neg.wanted);
@@ -295,10 +313,10 @@ impl Engine {
         p.downtracks.extend(new_downtracks);
         p.neg.pending = Some(PendingOffer { seq, pending, added: added.clone() });
         for (tk, _) in &added {
-            if let Some(t) = self.tracks.get_mut(tk) {
-                if !t.subscribers.contains(&id) {
-                    t.subscribers.push(id);
-                }
+            if let Some(t) = self.tracks.get_mut(tk)
+                && !t.subscribers.contains(&id)
+            {
+                t.subscribers.push(id);
             }
         }
         self.out.push_back(Output::Signal(id, ServerMessage::Offer { sdp: offer.to_sdp_string(), seq }));
@@ -329,7 +347,11 @@ impl Engine {
                 if p.published.len() >= self.config.limits.max_tracks_per_participant {
                     let max = self.config.limits.max_tracks_per_participant;
                     if p.is_room_client() {
-                        self.error(id, ErrorCode::TooManyTracks, &format!("at most {max} tracks; m-line {} ignored", m.mid));
+                        self.error(
+                            id,
+                            ErrorCode::TooManyTracks,
+                            &format!("at most {max} tracks; m-line {} ignored", m.mid),
+                        );
                     }
                     return;
                 }
@@ -350,8 +372,11 @@ impl Engine {
                     .unwrap_or_default();
                 rids.truncate(crate::media::forwarder::MAX_LAYERS);
                 rids.sort_by_key(|r| rid_rank(r));
-                let layer_rids: Vec<Option<Rid>> =
-                    if rids.is_empty() { vec![None] } else { rids.iter().map(|r| Some(Rid::from(r.as_str()))).collect() };
+                let layer_rids: Vec<Option<Rid>> = if rids.is_empty() {
+                    vec![None]
+                } else {
+                    rids.iter().map(|r| Some(Rid::from(r.as_str()))).collect()
+                };
                 // codec: the first negotiated payload type of the m-line
                 let codec = p.rtc.as_ref().and_then(|rtc| {
                     let media = rtc.media(m.mid)?;
@@ -397,9 +422,9 @@ impl Engine {
                 let tk = match bind {
                     Bind::Identity => self.rooms.get(&room).and_then(|r| {
                         r.tracks.iter().copied().find(|tk| {
-                            self.tracks
-                                .get(tk)
-                                .is_some_and(|t| t.kind == kind && Some(&*t.owner_identity) == follow.as_deref())
+                            self.tracks.get(tk).is_some_and(|t| {
+                                t.kind == kind && Some(&*t.owner_identity) == follow.as_deref()
+                            })
                         })
                     }),
                     _ => None,
@@ -504,17 +529,18 @@ impl Engine {
             self.wall(now).duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         );
         let Ok(bytes) = serde_json::to_vec(&msg) else { return };
-        let members: Vec<ParticipantId> = self.rooms.get(&p.room).map(|r| r.participants.clone()).unwrap_or_default();
+        let members: Vec<ParticipantId> =
+            self.rooms.get(&p.room).map(|r| r.participants.clone()).unwrap_or_default();
         for m in members {
             if m == id {
                 continue;
             }
             let Some(o) = self.participants.get_mut(&m) else { continue };
             let (Some(ch), Some(rtc)) = (o.chat, o.rtc.as_mut()) else { continue };
-            if let Some(mut c) = rtc.channel(ch) {
-                if let Err(e) = c.write(false, &bytes) {
-                    tracing::debug!(participant = m, error = %e, "chat write failed");
-                }
+            if let Some(mut c) = rtc.channel(ch)
+                && let Err(e) = c.write(false, &bytes)
+            {
+                tracing::debug!(participant = m, error = %e, "chat write failed");
             }
             self.drain(m);
         }

@@ -133,8 +133,9 @@ impl Engine {
         let loss =
             s.egress_loss_fraction.unwrap_or(0.0).max(s.ingress_loss_fraction.unwrap_or(0.0)).clamp(0.0, 1.0);
         // Bandwidth-limited: the downlink estimate is well below what its subscriptions want.
-        let limited =
-            receives_video && p.last_desired_bps > 0 && p.link.smoothed().saturating_mul(10) < p.last_desired_bps * 8;
+        let limited = receives_video
+            && p.last_desired_bps > 0
+            && p.link.smoothed().saturating_mul(10) < p.last_desired_bps * 8;
         let connected = p.connected && p.disconnected_at.is_none();
         let q = Quality {
             score: quality_score(connected, s.rtt, loss, limited),

@@ -149,7 +149,12 @@ pub const SIZE_MARGIN: f64 = 0.15;
 /// [`layer_for_size`] with hysteresis around the thresholds, given the layer
 /// chosen for the size before. The same size always keeps the same layer,
 /// and a tile that wobbles around a threshold does not flip it.
-pub fn layer_for_size_stable(layers: usize, full_width: Option<u32>, wanted: Option<u32>, previous: Option<usize>) -> usize {
+pub fn layer_for_size_stable(
+    layers: usize,
+    full_width: Option<u32>,
+    wanted: Option<u32>,
+    previous: Option<usize>,
+) -> usize {
     let plain = layer_for_size(layers, full_width, wanted);
     let (Some(prev), Some(w)) = (previous, wanted) else { return plain };
     let top = layers.saturating_sub(1);
@@ -275,10 +280,19 @@ impl LayerPolicy {
     /// downlink. `congested`: the send queue backs up or loss is high — the
     /// estimate has not caught up with the link yet — so the step goes
     /// straight to the lowest layer, urgently.
-    pub fn choose(&mut self, now: Instant, t: &LayerTuning, rates: &[u64], max: usize, share: u64, congested: bool) -> Choice {
+    pub fn choose(
+        &mut self,
+        now: Instant,
+        t: &LayerTuning,
+        rates: &[u64],
+        max: usize,
+        share: u64,
+        congested: bool,
+    ) -> Choice {
         let max = max.min(rates.len().saturating_sub(1));
         let active = |l: usize| rates.get(l).is_some_and(|r| *r > 0);
-        let Some(lowest) = (0..=max).find(|l| active(*l)).or_else(|| (0..rates.len()).find(|l| active(*l))) else {
+        let Some(lowest) = (0..=max).find(|l| active(*l)).or_else(|| (0..rates.len()).find(|l| active(*l)))
+        else {
             // nothing measured yet: the lowest layer, no decision remembered
             return Choice { target: Some(0), urgent: false, probe_for: None };
         };
@@ -372,7 +386,8 @@ impl LayerPolicy {
 
     fn step_down(&mut self, now: Instant, t: &LayerTuning) {
         // a climb taken back soon: wait longer before the next one
-        let recent_up = self.last_up.is_some_and(|u| now.saturating_duration_since(u) < self.hold.max(t.hold) * 2);
+        let recent_up =
+            self.last_up.is_some_and(|u| now.saturating_duration_since(u) < self.hold.max(t.hold) * 2);
         self.hold = if recent_up { (self.hold.max(t.hold) * 2).min(t.max_hold) } else { t.hold };
         self.hold_until = Some(now + self.hold);
         self.up_since = None;
@@ -626,7 +641,10 @@ mod tests {
         l.on_stats(t0 + ms(250), Some(300_000), Some(0.4));
         assert_eq!(l.budget(t0 + ms(250)), 300_000, "the raw estimate collapsed");
         assert!((l.loss(t0 + ms(250)) - 0.4).abs() < 1e-6);
-        assert!(l.recent_loss(t0 + ms(250)) > 0.9, "0 to 40 % of a second in 250 ms: the last 250 ms lost nearly all");
+        assert!(
+            l.recent_loss(t0 + ms(250)) > 0.9,
+            "0 to 40 % of a second in 250 ms: the last 250 ms lost nearly all"
+        );
         l.on_stats(t0 + ms(500), Some(3_000_000), Some(0.0));
         assert_eq!(l.recent_loss(t0 + ms(500)), 0.0);
         assert_eq!(l.budget(t0 + ms(500)), 2_000_000, "a raw spike waits for the average");

@@ -80,7 +80,8 @@ impl Rewriter {
     pub fn switch_to(&mut self, source: SourceId, in_seq: u64, in_ts: u32, now: Instant) -> Rewritten {
         let out_seq = self.last_out_seq.wrapping_add(1);
         let out_ts = if self.started {
-            let elapsed = self.last_out_at.map(|t| now.saturating_duration_since(t)).unwrap_or(Duration::ZERO);
+            let elapsed =
+                self.last_out_at.map(|t| now.saturating_duration_since(t)).unwrap_or(Duration::ZERO);
             let ticks = (elapsed.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000).max(1);
             self.last_out_ts.wrapping_add(ticks as u32)
         } else {

@@ -94,15 +94,15 @@ impl Vp8Fields {
                 *b = v as u8 & 0x7f;
             }
         }
-        if let (Some(f), Some(v)) = (self.tl0_pic_idx, values.tl0_pic_idx) {
-            if let Some(b) = payload.get_mut(usize::from(f.offset)) {
-                *b = v;
-            }
+        if let (Some(f), Some(v)) = (self.tl0_pic_idx, values.tl0_pic_idx)
+            && let Some(b) = payload.get_mut(usize::from(f.offset))
+        {
+            *b = v;
         }
-        if let (Some(f), Some(v)) = (self.key_idx, values.key_idx) {
-            if let Some(b) = payload.get_mut(usize::from(f.offset)) {
-                *b = (*b & !KEY_MASK) | (v & KEY_MASK);
-            }
+        if let (Some(f), Some(v)) = (self.key_idx, values.key_idx)
+            && let Some(b) = payload.get_mut(usize::from(f.offset))
+        {
+            *b = (*b & !KEY_MASK) | (v & KEY_MASK);
         }
     }
 }
@@ -138,7 +138,7 @@ fn pic_newer(a: u16, b: u16) -> bool {
 
 fn u8_newer(a: u8, b: u8, modulo_mask: u8) -> bool {
     let d = a.wrapping_sub(b) & modulo_mask;
-    d != 0 && u16::from(d) < (u16::from(modulo_mask) + 1) / 2
+    d != 0 && u16::from(d) < u16::from(modulo_mask).div_ceil(2)
 }
 
 impl Vp8Munger {
@@ -293,7 +293,8 @@ mod tests {
     #[test]
     fn agrees_with_str0m_on_every_short_descriptor() {
         use str0m::rtp::Vp8Descriptor;
-        let tails: [&[u8]; 4] = [&[], &[0x80, 0x01, 0xff, 0x20, 0x00, 0x9d], &[0x7f, 0x00, 0x00, 0x00], &[0xff; 6]];
+        let tails: [&[u8]; 4] =
+            [&[], &[0x80, 0x01, 0xff, 0x20, 0x00, 0x9d], &[0x7f, 0x00, 0x00, 0x00], &[0xff; 6]];
         let mut parsed = 0;
         for b0 in 0..=255u8 {
             for b1 in 0..=255u8 {

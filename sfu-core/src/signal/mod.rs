@@ -103,7 +103,14 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control())
 }
 
-async fn offer_answer(sfu: Sfu, headers: HeaderMap, room: String, role: PeerRole, body: Bytes, kind: &str) -> Response {
+async fn offer_answer(
+    sfu: Sfu,
+    headers: HeaderMap,
+    room: String,
+    role: PeerRole,
+    body: Bytes,
+    kind: &str,
+) -> Response {
     if let Err(r) = check_content_type(&headers, "application/sdp") {
         return r;
     }
@@ -122,7 +129,7 @@ async fn offer_answer(sfu: Sfu, headers: HeaderMap, room: String, role: PeerRole
         room: room.clone(),
         identity: claims.sub.clone(),
         name: claims.name.clone(),
-        grants: claims.grants.clone(),
+        grants: claims.grants,
         role,
         offer: Some(sdp),
         resource: Some(resource.clone()),
@@ -148,7 +155,9 @@ async fn offer_answer(sfu: Sfu, headers: HeaderMap, room: String, role: PeerRole
         for u in &s.urls {
             let mut link = format!("<{u}>; rel=\"ice-server\"");
             if let (Some(user), Some(cred)) = (&s.username, &s.credential) {
-                link.push_str(&format!("; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""));
+                link.push_str(&format!(
+                    "; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""
+                ));
             }
             if let Ok(v) = HeaderValue::from_str(&link) {
                 h.append(header::LINK, v);
@@ -158,7 +167,12 @@ async fn offer_answer(sfu: Sfu, headers: HeaderMap, room: String, role: PeerRole
     r
 }
 
-async fn whip_post(State(sfu): State<Sfu>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn whip_post(
+    State(sfu): State<Sfu>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     offer_answer(sfu, headers, room, PeerRole::Whip, body, "whip").await
 }
 
@@ -171,7 +185,12 @@ async fn whep_post(
     offer_answer(sfu, headers, room, PeerRole::Whep { target: Some(identity) }, body, "whep").await
 }
 
-async fn whep_room_post(State(sfu): State<Sfu>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn whep_room_post(
+    State(sfu): State<Sfu>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     offer_answer(sfu, headers, room, PeerRole::Whep { target: None }, body, "whep").await
 }
 
@@ -194,7 +213,8 @@ async fn patch_resource(
         Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
         Ok(Ok(Some(answer))) => {
             let mut r = (StatusCode::OK, answer).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/trickle-ice-sdpfrag"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/trickle-ice-sdpfrag"));
             r
         }
         Ok(Err(e)) | Err(e) => error_response(&e),
@@ -216,7 +236,9 @@ async fn delete_resource(
 }
 
 async fn ws_upgrade(State(sfu): State<Sfu>, Path(room): Path<String>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES).max_frame_size(MAX_MESSAGE_BYTES).on_upgrade(move |s| ws_session(sfu, room, s))
+    ws.max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |s| ws_session(sfu, room, s))
 }
 
 async fn send_msg(ws: &mut WebSocket, msg: &ServerMessage) -> bool {
@@ -263,7 +285,9 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
     };
     let (token, auto_subscribe) = match serde_json::from_str::<ClientMessage>(&text) {
         Ok(ClientMessage::Join { token, auto_subscribe }) => (token, auto_subscribe),
-        Ok(_) => return ws_error(&mut ws, ErrorCode::BadMessage, "the first message must be `join`".into()).await,
+        Ok(_) => {
+            return ws_error(&mut ws, ErrorCode::BadMessage, "the first message must be `join`".into()).await;
+        }
         Err(e) => return ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await,
     };
     if !valid_name(&room) {
@@ -278,7 +302,7 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
         room: room.clone(),
         identity: claims.sub.clone(),
         name: claims.name.clone(),
-        grants: claims.grants.clone(),
+        grants: claims.grants,
         role: PeerRole::Room { auto_subscribe },
         offer: None,
         resource: None,
@@ -286,11 +310,17 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
     let id = match sfu.request(|reply| Request::Join { join, signals: Some(sig_tx), reply }).await {
         Ok(Ok(j)) => j.id,
         Ok(Err(e)) | Err(e) => {
-            let retry = matches!(e, SfuError::Overloaded { .. } | SfuError::RoomFull { .. } | SfuError::TooManyRooms { .. });
+            let retry = matches!(
+                e,
+                SfuError::Overloaded { .. } | SfuError::RoomFull { .. } | SfuError::TooManyRooms { .. }
+            );
             ws_error(&mut ws, error_code(&e), e.to_string()).await;
             if retry {
-                let _ = send_msg(&mut ws, &ServerMessage::Closing { reason: e.to_string(), retry_after_ms: Some(1000) })
-                    .await;
+                let _ = send_msg(
+                    &mut ws,
+                    &ServerMessage::Closing { reason: e.to_string(), retry_after_ms: Some(1000) },
+                )
+                .await;
             }
             return;
         }

@@ -180,7 +180,8 @@ fn video(profile: &BoardProfile, n: usize, failures: &mut Vec<String>) -> Result
     // The viewer's side: RTP payloads (marker on each picture's last) -> access unit -> picture.
     let mut depacketizer = H264Depacketizer::new();
     let mut decoder = openh264::decoder::Decoder::new()?;
-    let (mut encoded, mut decoded, mut bytes, mut packets, mut oversized) = (0usize, 0usize, 0usize, 0usize, 0);
+    let (mut encoded, mut decoded, mut bytes, mut packets, mut oversized) =
+        (0usize, 0usize, 0usize, 0usize, 0);
     let mut seq = 0u16;
     let mut psnrs = Vec::with_capacity(n);
     let t = Instant::now();
@@ -224,7 +225,10 @@ fn video(profile: &BoardProfile, n: usize, failures: &mut Vec<String>) -> Result
     report("video.psnr_min_db", format!("{min:.2}"));
     report("video.psnr_avg_db", format!("{avg:.2}"));
     if frames.len() != n || encoded != n || decoded != n {
-        failures.push(format!("video: wanted {n}, captured {}, encoded {encoded}, decoded {decoded}", frames.len()));
+        failures.push(format!(
+            "video: wanted {n}, captured {}, encoded {encoded}, decoded {decoded}",
+            frames.len()
+        ));
     }
     if oversized > 0 {
         failures.push(format!("video: {oversized} RTP payloads over the {DEFAULT_MTU}-byte MTU"));
@@ -262,7 +266,10 @@ fn open_player(name: &str, rate: u32, period: usize) -> Result<PCM> {
         pcm.hw_params(&hwp).with_context(|| format!("hw params of {name}"))?;
         let got = pcm.hw_params_current()?;
         ensure!(got.get_rate()? == rate, "{name}: rate {} instead of {rate}", got.get_rate()?);
-        report("audio.playback_buffer", format!("{} frames, period {}", got.get_buffer_size()?, got.get_period_size()?));
+        report(
+            "audio.playback_buffer",
+            format!("{} frames, period {}", got.get_buffer_size()?, got.get_period_size()?),
+        );
     }
     pcm.prepare()?;
     Ok(pcm)
@@ -285,7 +292,11 @@ fn sweep(rate: u32, n: usize) -> Vec<i16> {
 fn audio(profile: &BoardProfile, ms: u32, capture_buffer_ms: u32, failures: &mut Vec<String>) -> Result<()> {
     let a = profile.audio();
     ensure!(a.channels == 1, "the pipeline captures mono; the profile has {} channels", a.channels);
-    ensure!(a.sample_rate == AUDIO_RATE, "the pipeline captures at {AUDIO_RATE} Hz, the profile says {}", a.sample_rate);
+    ensure!(
+        a.sample_rate == AUDIO_RATE,
+        "the pipeline captures at {AUDIO_RATE} Hz, the profile says {}",
+        a.sample_rate
+    );
     let rate = AUDIO_RATE;
     let period = frames_in_ms(a.period_ms);
     // whole Opus frames, so every captured sample is encoded

@@ -112,9 +112,19 @@ impl Sim {
     fn add_client(&mut self) -> usize {
         let n = self.clients.len() as u8 + 2;
         let addr: SocketAddr = format!("10.0.0.{n}:6000").parse().unwrap();
-        let mut rtc = Rtc::builder().set_rtp_mode(true).enable_bwe(Some(str0m::bwe::Bitrate::kbps(300))).build(self.now);
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(300)))
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        self.clients.push(Client { rtc, addr, timeout: self.now, events: Vec::new(), id: None, signals: Vec::new() });
+        self.clients.push(Client {
+            rtc,
+            addr,
+            timeout: self.now,
+            events: Vec::new(),
+            id: None,
+            signals: Vec::new(),
+        });
         self.clients.len() - 1
     }
 
@@ -154,7 +164,11 @@ impl Sim {
     }
 
     fn proto_of(&self, from: SocketAddr, to: SocketAddr) -> Protocol {
-        if from.port() == 5001 || to.port() == 5001 || from.port() == 9 || to.port() == 9 { Protocol::Tcp } else { Protocol::Udp }
+        if from.port() == 5001 || to.port() == 5001 || from.port() == 9 || to.port() == 9 {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        }
     }
 
     fn drain_client(&mut self, i: usize) {
@@ -170,7 +184,15 @@ impl Sim {
                     self.send(from, to, t.contents.into());
                 }
                 str0m::Output::Event(e) => {
-                    if matches!(e, Event::RtpPacket(_) | Event::KeyframeRequest(_) | Event::Connected | Event::ChannelOpen(..) | Event::ChannelData(_) | Event::Closed) {
+                    if matches!(
+                        e,
+                        Event::RtpPacket(_)
+                            | Event::KeyframeRequest(_)
+                            | Event::Connected
+                            | Event::ChannelOpen(..)
+                            | Event::ChannelData(_)
+                            | Event::Closed
+                    ) {
                         c.events.push(e);
                     }
                 }
@@ -256,9 +278,16 @@ impl Sim {
     }
 
     /// Offer from client `ci` with the given media, joined as `role`.
-    fn join_http(&mut self, ci: usize, identity: &str, role: PeerRole, media: &[(MediaKind, Direction, Option<Simulcast>)]) -> Result<Vec<Mid>, SfuError> {
+    fn join_http(
+        &mut self,
+        ci: usize,
+        identity: &str,
+        role: PeerRole,
+        media: &[(MediaKind, Direction, Option<Simulcast>)],
+    ) -> Result<Vec<Mid>, SfuError> {
         let mut api = self.clients[ci].rtc.sdp_api();
-        let mids: Vec<Mid> = media.iter().map(|(k, d, s)| api.add_media(*k, *d, None, None, s.clone())).collect();
+        let mids: Vec<Mid> =
+            media.iter().map(|(k, d, s)| api.add_media(*k, *d, None, None, s.clone())).collect();
         let (offer, pending) = api.apply().unwrap();
         let g = match role {
             PeerRole::Whip => grants(true, false),
@@ -289,21 +318,39 @@ impl Sim {
     }
 
     fn rtp_received(&self, ci: usize) -> Vec<&str0m::rtp::RtpPacket> {
-        self.clients[ci].events.iter().filter_map(|e| if let Event::RtpPacket(p) = e { Some(p) } else { None }).collect()
+        self.clients[ci]
+            .events
+            .iter()
+            .filter_map(|e| if let Event::RtpPacket(p) = e { Some(p) } else { None })
+            .collect()
     }
 
     fn keyframe_requests(&self, ci: usize) -> usize {
         self.clients[ci].events.iter().filter(|e| matches!(e, Event::KeyframeRequest(_))).count()
     }
 
-    fn write(&mut self, ci: usize, mid: Mid, rid: Option<&str>, codec: Codec, seq: u64, ts: u32, marker: bool, payload: Vec<u8>) {
+    fn write(
+        &mut self,
+        ci: usize,
+        mid: Mid,
+        rid: Option<&str>,
+        codec: Codec,
+        seq: u64,
+        ts: u32,
+        marker: bool,
+        payload: Vec<u8>,
+    ) {
         let now = self.now;
         let c = &mut self.clients[ci];
         let pt = c.rtc.codec_config().params().iter().find(|p| p.spec().codec == codec).map(|p| p.pt());
         let pt = c
             .rtc
             .media(mid)
-            .and_then(|m| m.remote_pts().iter().copied().find(|x| c.rtc.codec_config().params().iter().any(|p| p.pt() == *x && p.spec().codec == codec)))
+            .and_then(|m| {
+                m.remote_pts().iter().copied().find(|x| {
+                    c.rtc.codec_config().params().iter().any(|p| p.pt() == *x && p.spec().codec == codec)
+                })
+            })
             .or(pt)
             .unwrap();
         let mut api = c.rtc.direct_api();
@@ -339,9 +386,20 @@ fn whip_publisher_reaches_whep_viewer_in_order_over_a_lossy_network() {
     let mut sim = Sim::new(SfuConfig::default());
     let pubc = sim.add_client();
     let view = sim.add_client();
-    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
-    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc)), "publisher connects (ICE-lite + DTLS)");
-    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    let mids = sim
+        .join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)])
+        .unwrap();
+    assert!(
+        sim.run_until(Duration::from_secs(5), |s| s.connected(pubc)),
+        "publisher connects (ICE-lite + DTLS)"
+    );
+    sim.join_http(
+        view,
+        "bob",
+        PeerRole::Whep { target: Some("alice".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(view)), "viewer connects");
     // the viewer's down-track asks the publisher for a keyframe
     publisher_sends_vp8(&mut sim, pubc, mids[0], 10, 1000, 1);
@@ -371,7 +429,10 @@ fn whip_publisher_reaches_whep_viewer_in_order_over_a_lossy_network() {
     assert_eq!(p0.payload[0] & 0x10, 0x10);
     assert_eq!(p0.payload[1] & 0x01, 0, "the first forwarded packet is a keyframe");
     // payload order follows sequence order
-    let mut by_seq: Vec<_> = got.iter().map(|p| (*p.seq_no, u32::from_be_bytes(p.payload[2..6].try_into().unwrap()), p.payload[6])).collect();
+    let mut by_seq: Vec<_> = got
+        .iter()
+        .map(|p| (*p.seq_no, u32::from_be_bytes(p.payload[2..6].try_into().unwrap()), p.payload[6]))
+        .collect();
     by_seq.sort();
     for w in by_seq.windows(2) {
         assert!((w[1].1, w[1].2) > (w[0].1, w[0].2), "sequence order = frame order: {w:?}");
@@ -385,8 +446,16 @@ fn garbage_datagrams_are_dropped_and_the_room_goes_on() {
     let mut sim = Sim::new(SfuConfig::default());
     let pubc = sim.add_client();
     let view = sim.add_client();
-    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
-    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    let mids = sim
+        .join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)])
+        .unwrap();
+    sim.join_http(
+        view,
+        "bob",
+        PeerRole::Whep { target: Some("alice".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc) && s.connected(view)));
     let sfu: SocketAddr = SFU.parse().unwrap();
     let from = sim.clients[pubc].addr;
@@ -416,7 +485,13 @@ fn garbage_datagrams_are_dropped_and_the_room_goes_on() {
 #[test]
 fn bad_offers_and_refusals_are_clear_errors() {
     let mut config = SfuConfig::default();
-    config.rooms.insert("h264only".into(), crate::config::RoomConfig { codecs: Some(vec![crate::config::CodecName::Opus, crate::config::CodecName::H264]), max_participants: Some(2) });
+    config.rooms.insert(
+        "h264only".into(),
+        crate::config::RoomConfig {
+            codecs: Some(vec![crate::config::CodecName::Opus, crate::config::CodecName::H264]),
+            max_participants: Some(2),
+        },
+    );
     let mut sim = Sim::new(config);
     let join = |role: PeerRole, room: &str, id: &str, offer: Option<String>, g: Grants| RemoteJoin {
         room: room.into(),
@@ -428,14 +503,22 @@ fn bad_offers_and_refusals_are_clear_errors() {
         resource: None,
     };
     let now = sim.now;
-    for bad in ["", "v=0", "garbage\r\n\r\n", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"] {
-        let e = sim.engine.join(now, join(PeerRole::Whip, "r", "a", Some(bad.into()), grants(true, true))).unwrap_err();
+    for bad in
+        ["", "v=0", "garbage\r\n\r\n", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"]
+    {
+        let e = sim
+            .engine
+            .join(now, join(PeerRole::Whip, "r", "a", Some(bad.into()), grants(true, true)))
+            .unwrap_err();
         assert_eq!(e.http_status(), 400, "{bad:?}: {e}");
     }
     let e = sim.engine.join(now, join(PeerRole::Whip, "r", "a", None, grants(true, true))).unwrap_err();
     assert!(matches!(e, SfuError::BadSdp(_)));
     // grants
-    let e = sim.engine.join(now, join(PeerRole::Whip, "r", "a", Some("v=0".into()), grants(false, true))).unwrap_err();
+    let e = sim
+        .engine
+        .join(now, join(PeerRole::Whip, "r", "a", Some("v=0".into()), grants(false, true)))
+        .unwrap_err();
     assert_eq!(e.http_status(), 403);
     // a VP8 offer into an H.264-only room
     let ci = sim.add_client();
@@ -448,16 +531,45 @@ fn bad_offers_and_refusals_are_clear_errors() {
         .filter(|l| !(l.starts_with("a=rtpmap:") && !l.contains("VP8") && !l.contains("rtx")))
         .map(|l| format!("{l}\r\n"))
         .collect();
-    let e = sim.engine.join(now, join(PeerRole::Whip, "h264only", "a", Some(vp8_only), grants(true, true))).unwrap_err();
+    let e = sim
+        .engine
+        .join(now, join(PeerRole::Whip, "h264only", "a", Some(vp8_only), grants(true, true)))
+        .unwrap_err();
     assert!(matches!(e, SfuError::CodecNotAllowed(_)), "{e}");
     // WHEP of someone absent
-    let e = sim.engine.join(now, join(PeerRole::Whep { target: Some("ghost".into()) }, "r", "v", Some(offer.to_sdp_string()), grants(false, true))).unwrap_err();
+    let e = sim
+        .engine
+        .join(
+            now,
+            join(
+                PeerRole::Whep { target: Some("ghost".into()) },
+                "r",
+                "v",
+                Some(offer.to_sdp_string()),
+                grants(false, true),
+            ),
+        )
+        .unwrap_err();
     assert_eq!(e.http_status(), 404);
     // room full (max 2 in h264only), then the room goes on
     for i in 0..2 {
-        sim.engine.join(now, join(PeerRole::Room { auto_subscribe: true }, "h264only", &format!("u{i}"), None, grants(true, true))).unwrap();
+        sim.engine
+            .join(
+                now,
+                join(
+                    PeerRole::Room { auto_subscribe: true },
+                    "h264only",
+                    &format!("u{i}"),
+                    None,
+                    grants(true, true),
+                ),
+            )
+            .unwrap();
     }
-    let e = sim.engine.join(now, join(PeerRole::Room { auto_subscribe: true }, "h264only", "u9", None, grants(true, true))).unwrap_err();
+    let e = sim
+        .engine
+        .join(now, join(PeerRole::Room { auto_subscribe: true }, "h264only", "u9", None, grants(true, true)))
+        .unwrap_err();
     assert!(matches!(e, SfuError::RoomFull { .. }) && e.http_status() == 503, "{e}");
     assert_eq!(sim.engine.rooms().iter().find(|r| r.name == "h264only").unwrap().participants.len(), 2);
 }
@@ -471,7 +583,16 @@ fn a_join_flood_is_refused_with_retry_after_and_recovers() {
     let mut ok = 0;
     let mut overloaded = 0;
     for i in 0..50 {
-        let r = sim.engine.join_local(sim.now, LocalJoin { room: "r".into(), identity: format!("p{i}"), name: None, publish: vec![], subscribe: LocalSubscription::None });
+        let r = sim.engine.join_local(
+            sim.now,
+            LocalJoin {
+                room: "r".into(),
+                identity: format!("p{i}"),
+                name: None,
+                publish: vec![],
+                subscribe: LocalSubscription::None,
+            },
+        );
         match r {
             Ok(_) => ok += 1,
             Err(SfuError::Overloaded { retry_after_secs }) => {
@@ -484,7 +605,20 @@ fn a_join_flood_is_refused_with_retry_after_and_recovers() {
     assert_eq!(ok, 5);
     assert_eq!(overloaded, 45);
     sim.now += Duration::from_secs(1);
-    assert!(sim.engine.join_local(sim.now, LocalJoin { room: "r".into(), identity: "late".into(), name: None, publish: vec![], subscribe: LocalSubscription::None }).is_ok());
+    assert!(
+        sim.engine
+            .join_local(
+                sim.now,
+                LocalJoin {
+                    room: "r".into(),
+                    identity: "late".into(),
+                    name: None,
+                    publish: vec![],
+                    subscribe: LocalSubscription::None
+                }
+            )
+            .is_ok()
+    );
 }
 
 fn camera(layers: &[&str]) -> LocalJoin {
@@ -500,7 +634,13 @@ fn camera(layers: &[&str]) -> LocalJoin {
                 codec: LocalCodec::H264 { profile_level_id: "42e01f".into() },
                 layers: layers.iter().map(|s| s.to_string()).collect(),
             },
-            LocalTrackSpec { name: "mic".into(), kind: TrackKind::Audio, source: TrackSource::RoomMicrophone, codec: LocalCodec::Opus, layers: vec![] },
+            LocalTrackSpec {
+                name: "mic".into(),
+                kind: TrackKind::Audio,
+                source: TrackSource::RoomMicrophone,
+                codec: LocalCodec::Opus,
+                layers: vec![],
+            },
         ],
         subscribe: LocalSubscription::None,
     }
@@ -513,8 +653,26 @@ fn h264(key: bool, layer: u8, frame: u32) -> Bytes {
     Bytes::from(v)
 }
 
-fn local_pkt(track: usize, layer: usize, seq: u16, ts: u32, key: bool, payload: Bytes, now: Instant) -> LocalPacket {
-    LocalPacket { track, layer, seq, timestamp: ts, marker: true, keyframe: key, audio_level: None, capture_time: now, payload }
+fn local_pkt(
+    track: usize,
+    layer: usize,
+    seq: u16,
+    ts: u32,
+    key: bool,
+    payload: Bytes,
+    now: Instant,
+) -> LocalPacket {
+    LocalPacket {
+        track,
+        layer,
+        seq,
+        timestamp: ts,
+        marker: true,
+        keyframe: key,
+        audio_level: None,
+        capture_time: now,
+        payload,
+    }
 }
 
 fn received(sim: &Sim, id: ParticipantId) -> Vec<crate::local::ReceivedPacket> {
@@ -532,14 +690,31 @@ fn simulcast_switches_layer_only_on_a_keyframe_and_keeps_sequence_continuity() {
     let cam = sim.engine.join_local(sim.now, camera(&["q", "h", "f"])).unwrap();
     let rec = sim
         .engine
-        .join_local(sim.now, LocalJoin { room: "r".into(), identity: "recorder".into(), name: None, publish: vec![], subscribe: LocalSubscription::All })
+        .join_local(
+            sim.now,
+            LocalJoin {
+                room: "r".into(),
+                identity: "recorder".into(),
+                name: None,
+                publish: vec![],
+                subscribe: LocalSubscription::All,
+            },
+        )
         .unwrap();
     sim.drain_engine();
     // only layer q flows at first, starting with a delta frame (not forwardable)
     let mut seq = [100u16, 5000, 60000];
     let mut frame = 0u32;
     let mut send = |sim: &mut Sim, layer: usize, key: bool, frame: u32| {
-        let p = local_pkt(0, layer, seq[layer], frame * 3000 + layer as u32 * 7, key, h264(key, layer as u8, frame), sim.now);
+        let p = local_pkt(
+            0,
+            layer,
+            seq[layer],
+            frame * 3000 + layer as u32 * 7,
+            key,
+            h264(key, layer as u8, frame),
+            sim.now,
+        );
         seq[layer] = seq[layer].wrapping_add(1);
         sim.engine.local_packet(sim.now, cam, p);
         sim.drain_engine();
@@ -554,7 +729,11 @@ fn simulcast_switches_layer_only_on_a_keyframe_and_keeps_sequence_continuity() {
     let got = received(&sim, rec);
     assert!(got.len() >= 29 && got.iter().all(|p| p.payload[1] == 0), "layer q only: {}", got.len());
     // layers h and f start, with delta frames: the target moves up, the switch waits
-    let kf_before = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { .. })).count();
+    let kf_before = sim
+        .locals
+        .iter()
+        .filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { .. }))
+        .count();
     for _ in 0..20 {
         frame += 1;
         send(&mut sim, 0, false, frame);
@@ -564,7 +743,11 @@ fn simulcast_switches_layer_only_on_a_keyframe_and_keeps_sequence_continuity() {
     }
     let got = received(&sim, rec);
     assert!(got.iter().all(|p| p.payload[1] == 0), "no switch without a keyframe");
-    let kf_after = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { .. })).count();
+    let kf_after = sim
+        .locals
+        .iter()
+        .filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { .. }))
+        .count();
     assert!(kf_after > kf_before, "the pending switch asked the camera for a keyframe");
     assert!(kf_after - kf_before <= 2, "keyframe requests are throttled (500 ms): {}", kf_after - kf_before);
     // a keyframe on f: switch there
@@ -595,15 +778,32 @@ fn keyframe_requests_to_a_publisher_are_throttled() {
     // 20 subscribers join within 100 ms: each wants a keyframe
     for i in 0..20 {
         sim.engine
-            .join_local(sim.now, LocalJoin { room: "r".into(), identity: format!("s{i}"), name: None, publish: vec![], subscribe: LocalSubscription::All })
+            .join_local(
+                sim.now,
+                LocalJoin {
+                    room: "r".into(),
+                    identity: format!("s{i}"),
+                    name: None,
+                    publish: vec![],
+                    subscribe: LocalSubscription::All,
+                },
+            )
             .unwrap();
         sim.run(Duration::from_millis(5));
     }
     sim.drain_engine();
-    let n = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 })).count();
+    let n = sim
+        .locals
+        .iter()
+        .filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 }))
+        .count();
     assert_eq!(n, 1, "one request per 500 ms, not one per subscriber");
     sim.run(Duration::from_millis(1000));
-    let n2 = sim.locals.iter().filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 })).count();
+    let n2 = sim
+        .locals
+        .iter()
+        .filter(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 }))
+        .count();
     assert!(n2 <= 3, "still waiting for the keyframe: re-asked at the throttle's pace ({n2})");
 }
 
@@ -612,7 +812,13 @@ fn mic(identity: &str) -> LocalJoin {
         room: "r".into(),
         identity: identity.into(),
         name: None,
-        publish: vec![LocalTrackSpec { name: "mic".into(), kind: TrackKind::Audio, source: TrackSource::Microphone, codec: LocalCodec::Opus, layers: vec![] }],
+        publish: vec![LocalTrackSpec {
+            name: "mic".into(),
+            kind: TrackKind::Audio,
+            source: TrackSource::Microphone,
+            codec: LocalCodec::Opus,
+            layers: vec![],
+        }],
         subscribe: LocalSubscription::None,
     }
 }
@@ -623,14 +829,27 @@ fn the_active_speaker_follows_the_loudest_with_hysteresis() {
     let a = sim.engine.join_local(sim.now, mic("ann")).unwrap();
     let b = sim.engine.join_local(sim.now, mic("ben")).unwrap();
     let speakers = |sim: &Sim| -> Vec<Option<String>> {
-        sim.room_events.iter().filter_map(|e| if let RoomEvent::ActiveSpeaker { identity, .. } = e { Some(identity.clone()) } else { None }).collect()
+        sim.room_events
+            .iter()
+            .filter_map(|e| {
+                if let RoomEvent::ActiveSpeaker { identity, .. } = e { Some(identity.clone()) } else { None }
+            })
+            .collect()
     };
     let mut seq = 0u16;
     let mut talk = |sim: &mut Sim, la: u8, lb: u8, ms: u64| {
         for _ in 0..ms / 20 {
             seq = seq.wrapping_add(1);
             for (id, l) in [(a, la), (b, lb)] {
-                let mut p = local_pkt(0, 0, seq, u32::from(seq) * 960, false, Bytes::from_static(&[0xfc, 1, 2]), sim.now);
+                let mut p = local_pkt(
+                    0,
+                    0,
+                    seq,
+                    u32::from(seq) * 960,
+                    false,
+                    Bytes::from_static(&[0xfc, 1, 2]),
+                    sim.now,
+                );
                 p.audio_level = Some(l);
                 sim.engine.local_packet(sim.now, id, p);
             }
@@ -664,7 +883,11 @@ fn join_leave_churn_leaves_nothing_behind() {
     let mut joined = 0;
     for i in 0..300 {
         if live.len() < 8 && (live.is_empty() || rng.chance(0.6)) {
-            let j = if i % 2 == 0 { mic(&format!("m{i}")) } else { LocalJoin { subscribe: LocalSubscription::AllAudio, ..mic(&format!("s{i}")) } };
+            let j = if i % 2 == 0 {
+                mic(&format!("m{i}"))
+            } else {
+                LocalJoin { subscribe: LocalSubscription::AllAudio, ..mic(&format!("s{i}")) }
+            };
             live.push_back(sim.engine.join_local(sim.now, j).unwrap());
             joined += 1;
         } else if let Some(id) = live.pop_front() {
@@ -692,7 +915,9 @@ fn answer_server_offers(sim: &mut Sim, ci: usize) {
     let offers: Vec<(String, u64)> = sim.clients[ci]
         .signals
         .iter()
-        .filter_map(|m| if let ServerMessage::Offer { sdp, seq } = m { Some((sdp.clone(), *seq)) } else { None })
+        .filter_map(
+            |m| if let ServerMessage::Offer { sdp, seq } = m { Some((sdp.clone(), *seq)) } else { None },
+        )
         .collect();
     sim.clients[ci].signals.retain(|m| !matches!(m, ServerMessage::Offer { .. }));
     for (sdp, seq) in offers {
@@ -708,7 +933,18 @@ fn answer_server_offers(sim: &mut Sim, ci: usize) {
 fn ws_join(sim: &mut Sim, ci: usize, identity: &str) {
     let j = sim
         .engine
-        .join(sim.now, RemoteJoin { room: "r".into(), identity: identity.into(), name: None, grants: grants(true, true), role: PeerRole::Room { auto_subscribe: true }, offer: None, resource: None })
+        .join(
+            sim.now,
+            RemoteJoin {
+                room: "r".into(),
+                identity: identity.into(),
+                name: None,
+                grants: grants(true, true),
+                role: PeerRole::Room { auto_subscribe: true },
+                offer: None,
+                resource: None,
+            },
+        )
         .unwrap();
     sim.clients[ci].id = Some(j.id);
     sim.drain_engine();
@@ -722,14 +958,28 @@ fn ws_publish(sim: &mut Sim, ci: usize, chat: bool) -> (Mid, SdpPendingOffer) {
     }
     let (offer, pending) = api.apply().unwrap();
     let id = sim.clients[ci].id.unwrap();
-    sim.engine.client_message(sim.now, id, ClientMessage::Publish { tracks: vec![crate::protocol::PublishTrack { mid: mid.to_string(), kind: TrackKind::Video, source: TrackSource::Camera }] });
+    sim.engine.client_message(
+        sim.now,
+        id,
+        ClientMessage::Publish {
+            tracks: vec![crate::protocol::PublishTrack {
+                mid: mid.to_string(),
+                kind: TrackKind::Video,
+                source: TrackSource::Camera,
+            }],
+        },
+    );
     sim.engine.client_message(sim.now, id, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 1 });
     sim.drain_engine();
     (mid, pending)
 }
 
 fn take_answer(sim: &mut Sim, ci: usize, pending: SdpPendingOffer) {
-    let sdp = sim.clients[ci].signals.iter().find_map(|m| if let ServerMessage::Answer { sdp, .. } = m { Some(sdp.clone()) } else { None }).expect("server answered");
+    let sdp = sim.clients[ci]
+        .signals
+        .iter()
+        .find_map(|m| if let ServerMessage::Answer { sdp, .. } = m { Some(sdp.clone()) } else { None })
+        .expect("server answered");
     sim.clients[ci].signals.retain(|m| !matches!(m, ServerMessage::Answer { .. }));
     sim.clients[ci].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&sdp).unwrap()).unwrap();
     sim.drain_client(ci);
@@ -743,14 +993,21 @@ fn room_protocol_two_clients_publish_subscribe_and_chat() {
     ws_join(&mut sim, a, "ann");
     ws_join(&mut sim, b, "ben");
     assert!(matches!(sim.clients[a].signals[0], ServerMessage::Joined { .. }));
-    assert!(sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.identity == "ben")));
+    assert!(sim.clients[a].signals.iter().any(
+        |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.identity == "ben")
+    ));
     // ann publishes video + opens the chat channel
     let (mid_a, pending) = ws_publish(&mut sim, a, true);
     take_answer(&mut sim, a, pending);
     // str0m reports remote media once DTLS is up: the track is announced then
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(a)));
     // ben is offered ann's track (server offer), answers like a browser
-    assert!(sim.clients[b].signals.iter().any(|m| matches!(m, ServerMessage::TrackPublished { track } if track.participant == "ann")));
+    assert!(
+        sim.clients[b]
+            .signals
+            .iter()
+            .any(|m| matches!(m, ServerMessage::TrackPublished { track } if track.participant == "ann"))
+    );
     answer_server_offers(&mut sim, b);
     assert!(sim.clients[b].signals.iter().any(|m| matches!(m, ServerMessage::Subscribed { .. })));
     // ben also publishes, with a chat channel
@@ -767,12 +1024,24 @@ fn room_protocol_two_clients_publish_subscribe_and_chat() {
     let got = sim.rtp_received(b).len();
     assert!(got >= 150, "ben receives ann's video: {got}");
     // chat: ann -> ben, stamped by the server
-    assert!(sim.run_until(Duration::from_secs(3), |s| s.clients.iter().all(|c| c.events.iter().any(|e| matches!(e, Event::ChannelOpen(..))))));
-    let ch = sim.clients[a].events.iter().find_map(|e| if let Event::ChannelOpen(id, l) = e { (l == "chat").then_some(*id) } else { None }).unwrap();
+    assert!(sim.run_until(Duration::from_secs(3), |s| {
+        s.clients.iter().all(|c| c.events.iter().any(|e| matches!(e, Event::ChannelOpen(..))))
+    }));
+    let ch = sim.clients[a]
+        .events
+        .iter()
+        .find_map(|e| if let Event::ChannelOpen(id, l) = e { (l == "chat").then_some(*id) } else { None })
+        .unwrap();
     sim.clients[a].rtc.channel(ch).unwrap().write(false, br#"{"text":"hello ben"}"#).unwrap();
     sim.drain_client(a);
-    assert!(sim.run_until(Duration::from_secs(2), |s| s.clients[b].events.iter().any(|e| matches!(e, Event::ChannelData(_)))));
-    let data = sim.clients[b].events.iter().find_map(|e| if let Event::ChannelData(d) = e { Some(d.data.clone()) } else { None }).unwrap();
+    assert!(sim.run_until(Duration::from_secs(2), |s| {
+        s.clients[b].events.iter().any(|e| matches!(e, Event::ChannelData(_)))
+    }));
+    let data = sim.clients[b]
+        .events
+        .iter()
+        .find_map(|e| if let Event::ChannelData(d) = e { Some(d.data.clone()) } else { None })
+        .unwrap();
     let msg: crate::protocol::ChatMessage = serde_json::from_slice(&data).unwrap();
     assert_eq!(msg.text, "hello ben");
     assert_eq!(msg.from.as_deref(), Some("ann"));
@@ -783,7 +1052,10 @@ fn room_protocol_two_clients_publish_subscribe_and_chat() {
     let (_m, pending_c) = ws_publish(&mut sim, c, false);
     take_answer(&mut sim, c, pending_c);
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(c)));
-    assert!(sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })), "ann gets an offer for cat's track");
+    assert!(
+        sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })),
+        "ann gets an offer for cat's track"
+    );
     let mut api = sim.clients[a].rtc.sdp_api();
     api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let (offer, pending) = api.apply().unwrap();
@@ -792,7 +1064,10 @@ fn room_protocol_two_clients_publish_subscribe_and_chat() {
     sim.engine.client_message(sim.now, ida, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 2 });
     sim.drain_engine();
     take_answer(&mut sim, a, pending);
-    assert!(sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })), "the rolled-back subscription is offered again");
+    assert!(
+        sim.clients[a].signals.iter().any(|m| matches!(m, ServerMessage::Offer { .. })),
+        "the rolled-back subscription is offered again"
+    );
     answer_server_offers(&mut sim, a);
 }
 
@@ -802,10 +1077,18 @@ fn the_room_camera_reaches_a_whep_viewer_as_h264_with_the_matching_profile() {
     let cam = sim.engine.join_local(sim.now, camera(&[])).unwrap();
     sim.drain_engine();
     let v = sim.add_client();
-    sim.join_http(v, "viewer", PeerRole::Whep { target: Some("room".into()) }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    sim.join_http(
+        v,
+        "viewer",
+        PeerRole::Whep { target: Some("room".into()) },
+        &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
     sim.run(Duration::from_millis(100));
-    assert!(sim.locals.iter().any(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 })));
+    assert!(
+        sim.locals.iter().any(|(i, e)| *i == cam && matches!(e, LocalEvent::KeyframeRequest { track: 0 }))
+    );
     for f in 0..30u32 {
         let p = local_pkt(0, 0, f as u16, f * 3000, f % 10 == 0, h264(f % 10 == 0, 0, f), sim.now);
         sim.engine.local_packet(sim.now, cam, p);
@@ -837,10 +1120,19 @@ fn simulcast_whip_publisher_is_received_on_one_layer() {
     for r in ["q", "h", "f"] {
         sc.add_send_layer(SimulcastLayer::new(r));
     }
-    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, Some(sc))]).unwrap();
-    sim.join_http(v, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    let mids = sim
+        .join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, Some(sc))])
+        .unwrap();
+    sim.join_http(
+        v,
+        "bob",
+        PeerRole::Whep { target: Some("alice".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p) && s.connected(v)));
-    let info = sim.engine.rooms()[0].participants.iter().find(|x| x.identity == "alice").unwrap().tracks[0].clone();
+    let info =
+        sim.engine.rooms()[0].participants.iter().find(|x| x.identity == "alice").unwrap().tracks[0].clone();
     assert_eq!(info.layers, vec!["q", "h", "f"]);
     for f in 0..90u32 {
         for (li, rid) in ["q", "h", "f"].iter().enumerate() {
@@ -860,7 +1152,6 @@ fn simulcast_whip_publisher_is_received_on_one_layer() {
     assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "layers seen {layers:?}");
 }
 
-
 /// Prints the engine's CPU cost per forwarded packet (one VP8 publisher, 8
 /// str0m viewers: SRTP, rewriting, pacing included; sfu-core at -O0 in the
 /// test profile, dependencies at -O2). A number, not a pass/fail threshold.
@@ -870,19 +1161,31 @@ fn forwarding_cost_is_printed() {
     config.limits.max_joins_per_second = 100;
     let mut sim = Sim::new(config);
     let p = sim.add_client();
-    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let mids =
+        sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
     let n = 8;
     let viewers: Vec<usize> = (0..n).map(|_| sim.add_client()).collect();
     for (i, v) in viewers.iter().enumerate() {
-        sim.join_http(*v, &format!("v{i}"), PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+        sim.join_http(
+            *v,
+            &format!("v{i}"),
+            PeerRole::Whep { target: Some("alice".into()) },
+            &[(MediaKind::Video, Direction::RecvOnly, None)],
+        )
+        .unwrap();
     }
-    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p) && viewers.iter().all(|v| s.connected(*v))));
+    assert!(
+        sim.run_until(Duration::from_secs(5), |s| s.connected(p) && viewers.iter().all(|v| s.connected(*v)))
+    );
     publisher_sends_vp8(&mut sim, p, mids[0], 30, 30, 0);
     let (t0, f0) = (sim.engine_time, sim.engine.stats().forwarded_packets);
     publisher_sends_vp8(&mut sim, p, mids[0], 300, 60, 30);
     let (t1, f1) = (sim.engine_time, sim.engine.stats().forwarded_packets);
     let per = (t1 - t0).as_secs_f64() * 1e6 / (f1 - f0) as f64;
-    println!("forwarding cost: {per:.2} µs of engine time per forwarded packet ({} packets to {n} subscribers, debug profile)", f1 - f0);
+    println!(
+        "forwarding cost: {per:.2} µs of engine time per forwarded packet ({} packets to {n} subscribers, debug profile)",
+        f1 - f0
+    );
     assert!(f1 - f0 >= 300 * 3 * n as u64 * 9 / 10);
 }
 
@@ -893,17 +1196,38 @@ fn forwarding_cost_is_printed() {
 fn a_tcp_only_client_connects_and_publishes() {
     let now = Instant::now();
     let udp = Candidate::host(SFU.parse().unwrap(), "udp").unwrap();
-    let tcp = Candidate::builder().tcp().host("10.0.0.1:5001".parse().unwrap()).tcptype(str0m::net::TcpType::Passive).build().unwrap();
+    let tcp = Candidate::builder()
+        .tcp()
+        .host("10.0.0.1:5001".parse().unwrap())
+        .tcptype(str0m::net::TcpType::Passive)
+        .build()
+        .unwrap();
     let mut sim = Sim::new(SfuConfig::default());
     sim.engine = Engine::new(SfuConfig::default(), vec![udp, tcp], now, SystemTime::now());
     let addr: SocketAddr = "10.0.0.50:9".parse().unwrap();
     let mut rtc = Rtc::builder().set_rtp_mode(true).build(sim.now);
-    rtc.add_local_candidate(Candidate::builder().tcp().host(addr).tcptype(str0m::net::TcpType::Active).build().unwrap());
-    sim.clients.push(Client { rtc, addr, timeout: sim.now, events: Vec::new(), id: None, signals: Vec::new() });
+    rtc.add_local_candidate(
+        Candidate::builder().tcp().host(addr).tcptype(str0m::net::TcpType::Active).build().unwrap(),
+    );
+    sim.clients.push(Client {
+        rtc,
+        addr,
+        timeout: sim.now,
+        events: Vec::new(),
+        id: None,
+        signals: Vec::new(),
+    });
     let v = sim.add_client();
-    let mids = sim.join_http(0, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let mids =
+        sim.join_http(0, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
     assert!(sim.run_until(Duration::from_secs(10), |s| s.connected(0)), "connected over TCP");
-    sim.join_http(v, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    sim.join_http(
+        v,
+        "bob",
+        PeerRole::Whep { target: Some("alice".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
     publisher_sends_vp8(&mut sim, 0, mids[0], 30, 10, 0);
     assert!(sim.rtp_received(v).len() >= 60, "{}", sim.rtp_received(v).len());
@@ -919,17 +1243,24 @@ fn the_speaker_view_switches_source_with_continuity() {
     let b = sim.engine.join_local(sim.now, mk("ben")).unwrap();
     sim.drain_engine();
     let v = sim.add_client();
-    sim.join_http(v, "viewer", PeerRole::Whep { target: None }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    sim.join_http(
+        v,
+        "viewer",
+        PeerRole::Whep { target: None },
+        &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
     let mut f = 0u32;
     let mut talk = |sim: &mut Sim, loud: ParticipantId, frames: u32| {
         for _ in 0..frames {
             f += 1;
             for (i, id) in [a, b].into_iter().enumerate() {
-                let key = f % 15 == 0;
+                let key = f.is_multiple_of(15);
                 let p = local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i as u8, f), sim.now);
                 sim.engine.local_packet(sim.now, id, p);
-                let mut au = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
+                let mut au =
+                    local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
                 au.audio_level = Some(if id == loud { 10 } else { 100 });
                 sim.engine.local_packet(sim.now, id, au);
             }
@@ -939,7 +1270,12 @@ fn the_speaker_view_switches_source_with_continuity() {
     };
     talk(&mut sim, a, 60);
     talk(&mut sim, b, 90);
-    let video: Vec<_> = sim.rtp_received(v).into_iter().filter(|p| p.payload.len() == 6).map(|p| (*p.seq_no, p.payload[1], p.payload[0] & 0x1f)).collect();
+    let video: Vec<_> = sim
+        .rtp_received(v)
+        .into_iter()
+        .filter(|p| p.payload.len() == 6)
+        .map(|p| (*p.seq_no, p.payload[1], p.payload[0] & 0x1f))
+        .collect();
     let mut video = video;
     video.sort();
     let first_b = video.iter().position(|x| x.1 == 1).expect("the view switched to ben");
@@ -954,7 +1290,18 @@ fn the_speaker_view_switches_source_with_continuity() {
 /// T=1 (TID 0, so every frame is a TL0 frame); then the VP8 header byte (P bit)
 /// and a tag byte naming the source.
 fn vp8_numbered(key: bool, pic: u16, tl0: u8, tag: u8) -> Bytes {
-    Bytes::from(vec![0x90, 0xe0, 0x80 | (pic >> 8) as u8 & 0x7f, pic as u8, tl0, 0x00, if key { 0x00 } else { 0x01 }, tag, 0xab, 0xcd])
+    Bytes::from(vec![
+        0x90,
+        0xe0,
+        0x80 | (pic >> 8) as u8 & 0x7f,
+        pic as u8,
+        tl0,
+        0x00,
+        if key { 0x00 } else { 0x01 },
+        tag,
+        0xab,
+        0xcd,
+    ])
 }
 
 fn vp8_camera(identity: &str, layers: &[&str]) -> LocalJoin {
@@ -963,8 +1310,20 @@ fn vp8_camera(identity: &str, layers: &[&str]) -> LocalJoin {
         identity: identity.into(),
         name: None,
         publish: vec![
-            LocalTrackSpec { name: "camera".into(), kind: TrackKind::Video, source: TrackSource::Camera, codec: LocalCodec::Vp8, layers: layers.iter().map(|s| s.to_string()).collect() },
-            LocalTrackSpec { name: "mic".into(), kind: TrackKind::Audio, source: TrackSource::Microphone, codec: LocalCodec::Opus, layers: vec![] },
+            LocalTrackSpec {
+                name: "camera".into(),
+                kind: TrackKind::Video,
+                source: TrackSource::Camera,
+                codec: LocalCodec::Vp8,
+                layers: layers.iter().map(|s| s.to_string()).collect(),
+            },
+            LocalTrackSpec {
+                name: "mic".into(),
+                kind: TrackKind::Audio,
+                source: TrackSource::Microphone,
+                codec: LocalCodec::Opus,
+                layers: vec![],
+            },
         ],
         subscribe: LocalSubscription::None,
     }
@@ -977,7 +1336,14 @@ fn assert_vp8_numbering_continuous(frames: &[(u64, Vec<u8>)]) {
         let a = crate::media::vp8::Vp8Fields::parse(&w[0].1).unwrap();
         let b = crate::media::vp8::Vp8Fields::parse(&w[1].1).unwrap();
         let (pa, pb) = (a.picture_id.unwrap().value, b.picture_id.unwrap().value);
-        assert_eq!(pb, (pa + 1) & 0x7fff, "PictureID continuity at seq {} (tags {} -> {})", w[1].0, w[0].1[7], w[1].1[7]);
+        assert_eq!(
+            pb,
+            (pa + 1) & 0x7fff,
+            "PictureID continuity at seq {} (tags {} -> {})",
+            w[1].0,
+            w[0].1[7],
+            w[1].1[7]
+        );
         let (ta, tb) = (a.tl0_pic_idx.unwrap().value, b.tl0_pic_idx.unwrap().value);
         assert_eq!(tb, ta.wrapping_add(1), "TL0PICIDX continuity at seq {}", w[1].0);
     }
@@ -993,20 +1359,37 @@ fn vp8_picture_ids_stay_continuous_across_a_speaker_switch() {
     let b = sim.engine.join_local(sim.now, vp8_camera("ben", &[])).unwrap();
     sim.drain_engine();
     let v = sim.add_client();
-    sim.join_http(v, "viewer", PeerRole::Whep { target: None }, &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    sim.join_http(
+        v,
+        "viewer",
+        PeerRole::Whep { target: None },
+        &[(MediaKind::Audio, Direction::RecvOnly, None), (MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(v)));
     let mut f = 0u32;
     let mut talk = |sim: &mut Sim, loud: ParticipantId, frames: u32| {
         for _ in 0..frames {
             f += 1;
             for (i, id) in [a, b].into_iter().enumerate() {
-                let key = f % 15 == 0;
+                let key = f.is_multiple_of(15);
                 // ann numbers from 32700 (wraps), ben from 500; tl0 likewise apart
                 let pic = if i == 0 { (32_700 + f) as u16 & 0x7fff } else { (500 + f) as u16 };
                 let tl0 = if i == 0 { (200 + f) as u8 } else { (f as u8).wrapping_mul(1).wrapping_add(17) };
-                let p = LocalPacket { track: 0, layer: 0, seq: f as u16, timestamp: f * 3000, marker: true, keyframe: key, audio_level: None, capture_time: sim.now, payload: vp8_numbered(key, pic, tl0, i as u8) };
+                let p = LocalPacket {
+                    track: 0,
+                    layer: 0,
+                    seq: f as u16,
+                    timestamp: f * 3000,
+                    marker: true,
+                    keyframe: key,
+                    audio_level: None,
+                    capture_time: sim.now,
+                    payload: vp8_numbered(key, pic, tl0, i as u8),
+                };
                 sim.engine.local_packet(sim.now, id, p);
-                let mut au = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
+                let mut au =
+                    local_pkt(1, 0, f as u16, f * 960, false, Bytes::from_static(&[0xfc, 0, 0]), sim.now);
                 au.audio_level = Some(if id == loud { 10 } else { 100 });
                 sim.engine.local_packet(sim.now, id, au);
             }
@@ -1016,8 +1399,12 @@ fn vp8_picture_ids_stay_continuous_across_a_speaker_switch() {
     };
     talk(&mut sim, a, 60);
     talk(&mut sim, b, 90);
-    let mut video: Vec<(u64, Vec<u8>)> =
-        sim.rtp_received(v).into_iter().filter(|p| p.payload.len() == 10).map(|p| (*p.seq_no, p.payload.to_vec())).collect();
+    let mut video: Vec<(u64, Vec<u8>)> = sim
+        .rtp_received(v)
+        .into_iter()
+        .filter(|p| p.payload.len() == 10)
+        .map(|p| (*p.seq_no, p.payload.to_vec()))
+        .collect();
     video.sort();
     let first_b = video.iter().position(|x| x.1[7] == 1).expect("the view switched to ben");
     assert!(first_b > 10 && video.len() - first_b > 30, "both sources seen: {first_b} of {}", video.len());
@@ -1036,14 +1423,33 @@ fn vp8_picture_ids_stay_continuous_across_a_layer_switch() {
     let cam = sim.engine.join_local(sim.now, vp8_camera("cam", &["q", "f"])).unwrap();
     let rec = sim
         .engine
-        .join_local(sim.now, LocalJoin { room: "r".into(), identity: "recorder".into(), name: None, publish: vec![], subscribe: LocalSubscription::All })
+        .join_local(
+            sim.now,
+            LocalJoin {
+                room: "r".into(),
+                identity: "recorder".into(),
+                name: None,
+                publish: vec![],
+                subscribe: LocalSubscription::All,
+            },
+        )
         .unwrap();
     sim.drain_engine();
     let mut frame = 0u32;
     let send = |sim: &mut Sim, layer: usize, key: bool, frame: u32| {
         let pic = if layer == 0 { (9000 + frame) as u16 } else { (32_760 + frame) as u16 & 0x7fff };
         let tl0 = if layer == 0 { frame as u8 } else { (frame as u8).wrapping_add(128) };
-        let p = LocalPacket { track: 0, layer, seq: (frame as u16).wrapping_add(layer as u16 * 1000), timestamp: frame * 3000, marker: true, keyframe: key, audio_level: None, capture_time: sim.now, payload: vp8_numbered(key, pic, tl0, layer as u8) };
+        let p = LocalPacket {
+            track: 0,
+            layer,
+            seq: (frame as u16).wrapping_add(layer as u16 * 1000),
+            timestamp: frame * 3000,
+            marker: true,
+            keyframe: key,
+            audio_level: None,
+            capture_time: sim.now,
+            payload: vp8_numbered(key, pic, tl0, layer as u8),
+        };
         sim.engine.local_packet(sim.now, cam, p);
         sim.drain_engine();
     };
@@ -1059,7 +1465,8 @@ fn vp8_picture_ids_stay_continuous_across_a_layer_switch() {
         send(&mut sim, 1, i == 20, frame);
         sim.run(Duration::from_millis(33));
     }
-    let got: Vec<(u64, Vec<u8>)> = received(&sim, rec).into_iter().map(|p| (u64::from(p.seq), p.payload.to_vec())).collect();
+    let got: Vec<(u64, Vec<u8>)> =
+        received(&sim, rec).into_iter().map(|p| (u64::from(p.seq), p.payload.to_vec())).collect();
     let first_f = got.iter().position(|x| x.1[7] == 1).expect("switched to f");
     assert!(first_f >= 30 && got.len() - first_f >= 15, "{first_f} of {}", got.len());
     assert_vp8_numbering_continuous(&got);
@@ -1081,7 +1488,9 @@ fn qualities(sim: &Sim, ci: usize) -> Vec<(u8, u64, u16)> {
         .signals
         .iter()
         .filter_map(|m| match m {
-            ServerMessage::ConnectionQuality { score, bitrate_bps, loss_permille } => Some((*score, *bitrate_bps, *loss_permille)),
+            ServerMessage::ConnectionQuality { score, bitrate_bps, loss_permille } => {
+                Some((*score, *bitrate_bps, *loss_permille))
+            }
             _ => None,
         })
         .collect()
@@ -1096,7 +1505,8 @@ fn connection_quality_follows_loss_and_loss_is_counted() {
     let mut sim = Sim::new(SfuConfig::default());
     sim.engine.set_metrics(crate::metrics::Metrics::register(&registry).unwrap());
     let p = sim.add_client();
-    let mids = sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let mids =
+        sim.join_http(p, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(p)));
     let c = sim.add_client();
     ws_join(&mut sim, c, "carl");
@@ -1158,7 +1568,8 @@ fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
     };
     let rounds = 12u8;
     for i in 0..rounds {
-        let pid = sim.engine.join_local(sim.now, LocalJoin { identity: format!("p{i}"), ..camera(&[]) }).unwrap();
+        let pid =
+            sim.engine.join_local(sim.now, LocalJoin { identity: format!("p{i}"), ..camera(&[]) }).unwrap();
         sim.drain_engine();
         if i == 5 {
             // glare on a reuse: carl ignores the server's offer and offers its microphone;
@@ -1169,7 +1580,11 @@ fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
             api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
             let (offer, pending) = api.apply().unwrap();
             let id = sim.clients[c].id.unwrap();
-            sim.engine.client_message(sim.now, id, ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 7 });
+            sim.engine.client_message(
+                sim.now,
+                id,
+                ClientMessage::Offer { sdp: offer.to_sdp_string(), seq: 7 },
+            );
             sim.drain_engine();
             take_answer(&mut sim, c, pending);
         }
@@ -1180,7 +1595,11 @@ fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
         sim.run(Duration::from_millis(50));
         for f in 0..20u32 {
             let key = f == 0;
-            sim.engine.local_packet(sim.now, pid, local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i, f), sim.now));
+            sim.engine.local_packet(
+                sim.now,
+                pid,
+                local_pkt(0, 0, f as u16, f * 3000, key, h264(key, i, f), sim.now),
+            );
             let mut a = local_pkt(1, 0, f as u16, f * 960, false, Bytes::from(vec![0xfc, i, 0]), sim.now);
             a.audio_level = Some(40);
             sim.engine.local_packet(sim.now, pid, a);
@@ -1188,7 +1607,8 @@ fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
             sim.run(Duration::from_millis(20));
         }
         sim.run(Duration::from_millis(100));
-        let video_of_round = sim.rtp_received(c).iter().filter(|p| p.payload.len() == 6 && p.payload[1] == i).count();
+        let video_of_round =
+            sim.rtp_received(c).iter().filter(|p| p.payload.len() == 6 && p.payload[1] == i).count();
         assert!(video_of_round >= 19, "round {i}: {video_of_round} video packets");
         sim.engine.leave(sim.now, pid, LeaveReason::Left);
         sim.drain_engine();
@@ -1197,14 +1617,22 @@ fn churn_reuses_inactive_m_lines_and_the_sdp_stays_bounded() {
     }
     assert!(offers >= 2 * rounds as usize, "{offers} offers");
     // one video and one audio m-line reused by every publisher, plus carl's own microphone
-    assert!(m_lines(&last_offer) <= 3, "bounded SDP after {rounds} publishers came and went: {} m-lines", m_lines(&last_offer));
+    assert!(
+        m_lines(&last_offer) <= 3,
+        "bounded SDP after {rounds} publishers came and went: {} m-lines",
+        m_lines(&last_offer)
+    );
     // one video SSRC for all rounds, one continuous sequence through the reuses
     let video: Vec<_> = sim.rtp_received(c).into_iter().filter(|p| p.payload.len() == 6).collect();
     let ssrcs: std::collections::BTreeSet<_> = video.iter().map(|p| p.header.ssrc).collect();
     assert_eq!(ssrcs.len(), 1, "the reused m-line keeps its SSRC");
     let mut seqs: Vec<u64> = video.iter().map(|p| *p.seq_no).collect();
     seqs.sort();
-    assert_eq!((seqs[seqs.len() - 1] - seqs[0] + 1) as usize, seqs.len(), "one continuous sequence across reuses");
+    assert_eq!(
+        (seqs[seqs.len() - 1] - seqs[0] + 1) as usize,
+        seqs.len(),
+        "one continuous sequence across reuses"
+    );
     let rounds_seen: std::collections::BTreeSet<u8> = video.iter().map(|p| p.payload[1]).collect();
     assert_eq!(rounds_seen.len(), rounds as usize);
 }
@@ -1239,9 +1667,15 @@ fn hostile_offers_and_patch_fragments_are_refused_cleanly() {
         good.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=audio 9 UDP/TLS/RTP/SAVPF"),
         good.replace("opus/48000/2", "opus/0/0"),
         good.replace("a=rtpmap:", "a=rtpmap:999999999999 "),
-        good.replace("a=simulcast:send q;h;f", &format!("a=simulcast:send {}", (0..300).map(|i| format!("r{i}")).collect::<Vec<_>>().join(";"))),
+        good.replace(
+            "a=simulcast:send q;h;f",
+            &format!("a=simulcast:send {}", (0..300).map(|i| format!("r{i}")).collect::<Vec<_>>().join(";")),
+        ),
         good.replace("a=ssrc:", "a=ssrc:4294967296 "),
-        format!("{good}{}", "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=mid:x\r\n".repeat(200)),
+        format!(
+            "{good}{}",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=mid:x\r\n".repeat(200)
+        ),
     ];
     // every prefix cut at a line boundary
     let mut cut = String::new();
@@ -1254,7 +1688,15 @@ fn hostile_offers_and_patch_fragments_are_refused_cleanly() {
         let _ = wire::check_codecs(&wire::scan_sdp(sdp), &SfuConfig::default().media.codecs);
         let r = sim.engine.join(
             sim.now,
-            RemoteJoin { room: "r".into(), identity: format!("n{i}"), name: None, grants: grants(true, true), role: PeerRole::Whip, offer: Some(sdp.clone()), resource: Some(format!("res{i}")) },
+            RemoteJoin {
+                room: "r".into(),
+                identity: format!("n{i}"),
+                name: None,
+                grants: grants(true, true),
+                role: PeerRole::Whip,
+                offer: Some(sdp.clone()),
+                resource: Some(format!("res{i}")),
+            },
         );
         match r {
             Ok(j) => {
@@ -1270,7 +1712,10 @@ fn hostile_offers_and_patch_fragments_are_refused_cleanly() {
     }
     assert!(joined >= 1, "the complete offer joins");
     // PATCH fragments against a live session
-    let id = sim.engine.participant_by_resource(&format!("res{}", nasty.len() - 1)).expect("the full offer joined");
+    let id = sim
+        .engine
+        .participant_by_resource(&format!("res{}", nasty.len() - 1))
+        .expect("the full offer joined");
     let long = "x".repeat(300);
     let frags: Vec<(String, u16)> = vec![
         ("a=ice-ufrag:\r\na=ice-pwd:\r\n".into(), 400),
@@ -1304,8 +1749,16 @@ fn hostile_datagrams_from_a_connected_peer_are_dropped() {
     let mut sim = Sim::new(SfuConfig::default());
     let pubc = sim.add_client();
     let view = sim.add_client();
-    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
-    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    let mids = sim
+        .join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)])
+        .unwrap();
+    sim.join_http(
+        view,
+        "bob",
+        PeerRole::Whep { target: Some("alice".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc) && s.connected(view)));
     let sfu: SocketAddr = SFU.parse().unwrap();
     let from = sim.clients[pubc].addr;
@@ -1313,10 +1766,14 @@ fn hostile_datagrams_from_a_connected_peer_are_dropped() {
     rtp_all_csrc.extend_from_slice(&[0; 8]); // says 15 CSRCs, has 2
     let rtp_lying_ext = vec![0x90, 96, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 0xbe, 0xde, 0xff, 0xff, 1, 2];
     let rtcp_lying_len = vec![0x80, 200, 0xff, 0xff, 1, 2, 3, 4];
-    let rtcp_compound_garbage = [vec![0x81, 205, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9], vec![0x80, 201, 0, 0]].concat();
+    let rtcp_compound_garbage =
+        [vec![0x81, 205, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9], vec![0x80, 201, 0, 0]].concat();
     let dtls_lying = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 1];
     let dtls_client_hello_truncated = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20, 1, 0, 0, 0x80];
-    let stun_lying_attr = vec![0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 6, 0xff, 0xff, b'a', b'b', b'c', b'd'];
+    let stun_lying_attr = vec![
+        0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 6, 0xff, 0xff, b'a',
+        b'b', b'c', b'd',
+    ];
     let nasty: Vec<Vec<u8>> = vec![
         vec![],
         vec![0x80],
@@ -1357,25 +1814,36 @@ fn hostile_local_packets_are_dropped_or_forwarded_intact() {
     let cam = sim.engine.join_local(sim.now, vp8_camera("cam", &["q", "h", "f"])).unwrap();
     let rec = sim
         .engine
-        .join_local(sim.now, LocalJoin { room: "r".into(), identity: "rec".into(), name: None, publish: vec![], subscribe: LocalSubscription::All })
+        .join_local(
+            sim.now,
+            LocalJoin {
+                room: "r".into(),
+                identity: "rec".into(),
+                name: None,
+                publish: vec![],
+                subscribe: LocalSubscription::All,
+            },
+        )
         .unwrap();
     sim.drain_engine();
-    let pkt = |track: usize, layer: usize, seq: u16, ts: u32, key: bool, payload: &[u8], now: Instant| LocalPacket {
-        track,
-        layer,
-        seq,
-        timestamp: ts,
-        marker: true,
-        keyframe: key,
-        audio_level: Some(255),
-        capture_time: now,
-        payload: Bytes::copy_from_slice(payload),
+    let pkt = |track: usize, layer: usize, seq: u16, ts: u32, key: bool, payload: &[u8], now: Instant| {
+        LocalPacket {
+            track,
+            layer,
+            seq,
+            timestamp: ts,
+            marker: true,
+            keyframe: key,
+            audio_level: Some(255),
+            capture_time: now,
+            payload: Bytes::copy_from_slice(payload),
+        }
     };
     let before = sim.engine.stats().dropped_packets;
     let now = sim.now;
     for p in [
-        pkt(7, 0, 1, 0, true, &[0x10, 0], now),      // no such track
-        pkt(0, 9, 1, 0, true, &[0x10, 0], now),      // no such layer
+        pkt(7, 0, 1, 0, true, &[0x10, 0], now), // no such track
+        pkt(0, 9, 1, 0, true, &[0x10, 0], now), // no such layer
         pkt(usize::MAX, usize::MAX, 0, 0, true, &[], now),
     ] {
         sim.engine.local_packet(now, cam, p);
@@ -1402,14 +1870,32 @@ fn hostile_local_packets_are_dropped_or_forwarded_intact() {
     for f in 0..30u32 {
         let payload = vp8_numbered(f % 10 == 0, 100 + f as u16, f as u8, 7);
         sent.push(payload.clone());
-        sim.engine.local_packet(sim.now, cam, LocalPacket { track: 0, layer: 0, seq: f as u16, timestamp: f * 3000, marker: true, keyframe: f % 10 == 0, audio_level: None, capture_time: sim.now, payload });
+        sim.engine.local_packet(
+            sim.now,
+            cam,
+            LocalPacket {
+                track: 0,
+                layer: 0,
+                seq: f as u16,
+                timestamp: f * 3000,
+                marker: true,
+                keyframe: f % 10 == 0,
+                audio_level: None,
+                capture_time: sim.now,
+                payload,
+            },
+        );
         sim.drain_engine();
         sim.run(Duration::from_millis(33));
     }
-    let got: Vec<_> = received(&sim, rec).into_iter().filter(|p| p.payload.len() == 10 && p.payload[7] == 7).collect();
+    let got: Vec<_> =
+        received(&sim, rec).into_iter().filter(|p| p.payload.len() == 10 && p.payload[7] == 7).collect();
     assert!(got.len() >= 20, "{}", got.len());
     for p in &got {
-        assert!(sent.iter().any(|s| s[..2] == p.payload[..2] && s[5..] == p.payload[5..]), "only the numbering changed");
+        assert!(
+            sent.iter().any(|s| s[..2] == p.payload[..2] && s[5..] == p.payload[5..]),
+            "only the numbering changed"
+        );
     }
 }
 
@@ -1431,9 +1917,16 @@ fn shutdown_says_closing_last_and_closes_every_peer() {
     let (mid_b, pending_b) = ws_publish(&mut sim, b, false);
     take_answer(&mut sim, b, pending_b);
     let w = sim.add_client();
-    let mids = sim.join_http(w, "cam", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let mids =
+        sim.join_http(w, "cam", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
     let v = sim.add_client();
-    sim.join_http(v, "tv", PeerRole::Whep { target: Some("cam".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    sim.join_http(
+        v,
+        "tv",
+        PeerRole::Whep { target: Some("cam".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     let all = [a, b, w, v];
     assert!(sim.run_until(Duration::from_secs(5), |s| all.iter().all(|c| s.connected(*c))));
     for _ in 0..5 {
@@ -1443,11 +1936,22 @@ fn shutdown_says_closing_last_and_closes_every_peer() {
     }
     for f in 0..30u32 {
         for (c, mid) in [(a, mid_a), (b, mid_b), (w, mids[0])] {
-            sim.write(c, mid, None, Codec::Vp8, u64::from(f) + 1, f * 3000, true, vp8(true, f % 10 == 0, f, 0));
+            sim.write(
+                c,
+                mid,
+                None,
+                Codec::Vp8,
+                u64::from(f) + 1,
+                f * 3000,
+                true,
+                vp8(true, f % 10 == 0, f, 0),
+            );
         }
         sim.run(Duration::from_millis(33));
     }
-    assert!(!sim.rtp_received(a).is_empty() && !sim.rtp_received(b).is_empty() && !sim.rtp_received(v).is_empty());
+    assert!(
+        !sim.rtp_received(a).is_empty() && !sim.rtp_received(b).is_empty() && !sim.rtp_received(v).is_empty()
+    );
     for c in all {
         sim.clients[c].signals.clear();
         assert!(!sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)));
@@ -1464,7 +1968,10 @@ fn shutdown_says_closing_last_and_closes_every_peer() {
     }
     sim.run(Duration::from_millis(200));
     for c in all {
-        assert!(sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)), "peer {c} was told goodbye (DTLS close_notify)");
+        assert!(
+            sim.clients[c].events.iter().any(|e| matches!(e, Event::Closed)),
+            "peer {c} was told goodbye (DTLS close_notify)"
+        );
     }
     assert_eq!(sim.engine.stats().participants, 0);
 }
@@ -1477,8 +1984,10 @@ fn send_queue(sim: &mut Sim, identity: &str) -> (usize, Duration) {
     let Some(mid) = p.downtracks.first().and_then(|d| d.mid) else { return (0, Duration::ZERO) };
     let mut api = p.rtc.as_mut().unwrap().direct_api();
     let q = api.stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info());
-    q.map(|q| (q.packet_count(), q.first_unsent().map(|t| now.saturating_duration_since(t)).unwrap_or_default()))
-        .unwrap_or_default()
+    q.map(|q| {
+        (q.packet_count(), q.first_unsent().map(|t| now.saturating_duration_since(t)).unwrap_or_default())
+    })
+    .unwrap_or_default()
 }
 
 /// A subscriber whose link carries far less than its stream (the bench's
@@ -1491,9 +2000,17 @@ fn a_subscriber_on_a_slow_link_costs_a_bounded_send_queue() {
     let mut sim = Sim::new(SfuConfig::default());
     let pubc = sim.add_client();
     let view = sim.add_client();
-    let mids = sim.join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)]).unwrap();
+    let mids = sim
+        .join_http(pubc, "alice", PeerRole::Whip, &[(MediaKind::Video, Direction::SendOnly, None)])
+        .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(pubc)));
-    sim.join_http(view, "bob", PeerRole::Whep { target: Some("alice".into()) }, &[(MediaKind::Video, Direction::RecvOnly, None)]).unwrap();
+    sim.join_http(
+        view,
+        "bob",
+        PeerRole::Whep { target: Some("alice".into()) },
+        &[(MediaKind::Video, Direction::RecvOnly, None)],
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(view)));
     // ~2.6 Mbit/s: 10 packets of 1000 bytes a frame, 30 frames/s, a keyframe every 2 s;
     // the viewer's link carries 150 kbit/s with a deep (5 s) queue of its own
@@ -1534,10 +2051,15 @@ fn a_subscriber_on_a_slow_link_costs_a_bounded_send_queue() {
     let dropped = sim.engine.counters.send_queue_full;
     send(&mut sim, 30 * 8, &mut max_count, &mut max_age);
     let got = sim.rtp_received(view);
-    let late: Vec<u32> = got[before..].iter().map(|p| u32::from_be_bytes(p.payload[2..6].try_into().unwrap())).collect();
+    let late: Vec<u32> =
+        got[before..].iter().map(|p| u32::from_be_bytes(p.payload[2..6].try_into().unwrap())).collect();
     assert!(late.iter().any(|f| *f > 30 * 18), "frames sent after the lift arrive ({} packets)", late.len());
     // (str0m's estimate climbs back over seconds, so the pacer drains slowly:
     // the bound keeps holding meanwhile)
     assert!(max_count <= forward::SEND_QUEUE_MAX_PACKETS + 10, "queue held {max_count} packets");
-    eprintln!("after the lift: {} dropped, {} packets arrived", sim.engine.counters.send_queue_full - dropped, late.len());
+    eprintln!(
+        "after the lift: {} dropped, {} packets arrived",
+        sim.engine.counters.send_queue_full - dropped,
+        late.len()
+    );
 }

@@ -58,7 +58,10 @@ impl Camera {
                 ci,
                 "cam",
                 PeerRole::Whip,
-                &[(MediaKind::Audio, Direction::SendOnly, None), (MediaKind::Video, Direction::SendOnly, Some(sc))],
+                &[
+                    (MediaKind::Audio, Direction::SendOnly, None),
+                    (MediaKind::Video, Direction::SendOnly, Some(sc)),
+                ],
             )
             .unwrap();
         Camera {
@@ -165,13 +168,13 @@ impl Player {
     /// Play what can be played at `now`; returns whether a keyframe should be asked for.
     fn play(&mut self, now: Instant) -> bool {
         loop {
-            if let Some(n) = self.next {
-                if let Some(f) = self.frames.get(&n).filter(|f| Self::complete(f)) {
-                    self.played.push((now, f.layer));
-                    self.next = Some(n + u64::from(f.count));
-                    self.frames.remove(&n);
-                    continue;
-                }
+            if let Some(n) = self.next
+                && let Some(f) = self.frames.get(&n).filter(|f| Self::complete(f))
+            {
+                self.played.push((now, f.layer));
+                self.next = Some(n + u64::from(f.count));
+                self.frames.remove(&n);
+                continue;
             }
             let from = self.next.unwrap_or(0);
             let key = self.frames.range(from..).find(|(_, f)| f.key && Self::complete(f)).map(|(s, _)| *s);
@@ -262,17 +265,26 @@ impl Squeezed {
         let mut s = Squeezed { sim, cam, sub, player: Player::default(), video_ssrc: None, answer: false };
         let video = |s: &Squeezed| {
             s.sim.clients[s.sub].signals.iter().find_map(|m| match m {
-                ServerMessage::TrackPublished { track } if track.kind == TrackKind::Video => Some(track.id.clone()),
+                ServerMessage::TrackPublished { track } if track.kind == TrackKind::Video => {
+                    Some(track.id.clone())
+                }
                 _ => None,
             })
         };
         while video(&s).is_none() {
             s.run(Duration::from_millis(10));
-            assert!(s.sim.now.saturating_duration_since(s.cam.next_audio) < Duration::from_secs(10), "no video published");
+            assert!(
+                s.sim.now.saturating_duration_since(s.cam.next_audio) < Duration::from_secs(10),
+                "no video published"
+            );
         }
         let id = s.sim.clients[sub].id.unwrap();
         let track = video(&s).unwrap();
-        s.sim.engine.client_message(s.sim.now, id, ClientMessage::Subscribe { track, width: Some(width), height: Some(height) });
+        s.sim.engine.client_message(
+            s.sim.now,
+            id,
+            ClientMessage::Subscribe { track, width: Some(width), height: Some(height) },
+        );
         s.sim.drain_engine();
         s.answer = true;
         s
@@ -291,23 +303,24 @@ impl Squeezed {
             }
             let events = std::mem::take(&mut self.sim.clients[self.sub].events);
             for e in events {
-                if let Event::RtpPacket(p) = e {
-                    if p.payload.len() >= 9 && p.payload.len() != 80 {
-                        self.video_ssrc = Some(p.header.ssrc);
-                        self.player.packet(*p.seq_no, &p.payload);
-                    }
+                if let Event::RtpPacket(p) = e
+                    && p.payload.len() >= 9
+                    && p.payload.len() != 80
+                {
+                    self.video_ssrc = Some(p.header.ssrc);
+                    self.player.packet(*p.seq_no, &p.payload);
                 }
             }
-            if self.player.play(self.sim.now) {
-                if let Some(ssrc) = self.video_ssrc {
-                    let now = self.sim.now;
-                    let c = &mut self.sim.clients[self.sub];
-                    if let Some(rx) = c.rtc.direct_api().stream_rx(&ssrc) {
-                        rx.request_keyframe(KeyframeRequestKind::Pli);
-                    }
-                    let _ = now;
-                    self.sim.drain_client(self.sub);
+            if self.player.play(self.sim.now)
+                && let Some(ssrc) = self.video_ssrc
+            {
+                let now = self.sim.now;
+                let c = &mut self.sim.clients[self.sub];
+                if let Some(rx) = c.rtc.direct_api().stream_rx(&ssrc) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
+                let _ = now;
+                self.sim.drain_client(self.sub);
             }
         }
     }
@@ -325,7 +338,13 @@ impl Squeezed {
             .player
             .runs()
             .iter()
-            .map(|(t, l)| format!("{}@{:+.2}s", ["q", "h", "f"][*l as usize], t.saturating_duration_since(t0).as_secs_f64()))
+            .map(|(t, l)| {
+                format!(
+                    "{}@{:+.2}s",
+                    ["q", "h", "f"][*l as usize],
+                    t.saturating_duration_since(t0).as_secs_f64()
+                )
+            })
             .collect();
         format!(
             "layers played {runs:?}; {} frames; {} PLIs from the subscriber; {} keyframes from the camera; layer messages {:?}; {} dropped by the bottleneck",
@@ -374,12 +393,14 @@ fn squeeze_and_lift(kbit: u64) {
     }
     // no stall over a second, anywhere
     let (stall, at) = s.player.longest_stall(t0 + Duration::from_secs(2), end);
-    let at = at.saturating_duration_since(t0).as_secs_f64() - squeezed.saturating_duration_since(t0).as_secs_f64();
+    let at =
+        at.saturating_duration_since(t0).as_secs_f64() - squeezed.saturating_duration_since(t0).as_secs_f64();
     if stall > Duration::from_secs(1) {
         problems.push(format!("the picture stood still {stall:?} from {at:+.2} s"));
     }
     // no flapping: at most two steps down while squeezed, only up after the lift
-    let during: Vec<u8> = s.player.runs().iter().filter(|(t, _)| *t > squeezed && *t < lifted).map(|x| x.1).collect();
+    let during: Vec<u8> =
+        s.player.runs().iter().filter(|(t, _)| *t > squeezed && *t < lifted).map(|x| x.1).collect();
     if during.len() > 2 || during.windows(2).any(|w| w[1] > w[0]) {
         problems.push(format!("switches while squeezed {during:?}"));
     }
@@ -423,8 +444,17 @@ fn a_tile_just_under_a_layers_width_gets_that_layer_and_keeps_it() {
     let id = s.sim.clients[s.sub].id.unwrap();
     let track = s.sim.engine.tracks.values().find(|t| t.kind == TrackKind::Video).unwrap().id.to_string();
     for w in [628, 630, 640, 650, 628] {
-        s.sim.engine.client_message(s.sim.now, id, ClientMessage::Subscribe { track: track.clone(), width: Some(w), height: Some(298) });
+        s.sim.engine.client_message(
+            s.sim.now,
+            id,
+            ClientMessage::Subscribe { track: track.clone(), width: Some(w), height: Some(298) },
+        );
         s.run(Duration::from_secs(1));
     }
-    assert_eq!(s.layer_messages(), messages, "a few pixels around the threshold keep the layer: {}", s.describe(t0));
+    assert_eq!(
+        s.layer_messages(),
+        messages,
+        "a few pixels around the threshold keep the layer: {}",
+        s.describe(t0)
+    );
 }
