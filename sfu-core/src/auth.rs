@@ -225,6 +225,16 @@ impl fmt::Debug for TokenVerifier {
 /// Smallest HS256 secret accepted (bytes).
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Clock skew tolerated on `exp`/`nbf` unless [`TokenVerifier::with_leeway`]
+/// says otherwise. It protects against clocks that disagree by a few seconds
+/// (an identity provider or cloud issuer whose clock runs ahead, a box whose
+/// clock was just stepped by NTP); every second of it is also a second a token
+/// is still accepted after its `exp`, so it stays small.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+
+/// Largest leeway a configuration may ask for.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
 impl TokenVerifier {
     /// A verifier with no keys: refuses everything until keys are added.
     pub fn new() -> Self {
@@ -232,7 +242,7 @@ impl TokenVerifier {
             keys: Arc::new(Vec::new()),
             issuer: None,
             audience: None,
-            leeway_secs: 30,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
             revocation: None,
         }
     }
@@ -297,7 +307,7 @@ impl TokenVerifier {
         self
     }
 
-    /// Clock skew tolerated on `exp`/`nbf` (default 30 s).
+    /// Clock skew tolerated on `exp`/`nbf` (default [`DEFAULT_LEEWAY_SECS`]).
     pub fn with_leeway(mut self, secs: u64) -> Self {
         self.leeway_secs = secs;
         self
@@ -525,6 +535,25 @@ mod tests {
         let err = v.verify(&token(&alice()), NOW + 901).unwrap_err();
         assert_eq!(err, AuthError::Expired { exp: NOW + 900, now: NOW + 901 });
         assert_eq!(err.http_status(), 401);
+    }
+
+    #[test]
+    fn the_default_leeway_is_small_and_bounds_both_exp_and_nbf() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let exp = NOW + 900;
+        assert!(v.verify(&token(&alice()), exp + DEFAULT_LEEWAY_SECS).is_ok(), "within the leeway");
+        let err = v.verify(&token(&alice()), exp + DEFAULT_LEEWAY_SECS + 1).unwrap_err();
+        assert_eq!(err, AuthError::Expired { exp, now: exp + DEFAULT_LEEWAY_SECS + 1 });
+        let mut early = alice();
+        early.nbf = Some(NOW + 100);
+        assert!(v.verify(&token(&early), NOW + 100 - DEFAULT_LEEWAY_SECS).is_ok());
+        assert!(matches!(
+            v.verify(&token(&early), NOW + 99 - DEFAULT_LEEWAY_SECS),
+            Err(AuthError::NotYetValid { .. })
+        ));
+        let v = v.with_leeway(60);
+        assert!(v.verify(&token(&alice()), exp + 60).is_ok(), "a configured leeway is used");
+        assert!(v.verify(&token(&alice()), exp + 61).is_err());
     }
 
     #[test]
