@@ -358,7 +358,9 @@ impl Auth {
                 versions.set(&display_identity(d.id), DISPLAY_TV);
             }
         }
-        let local = TokenVerifier::hs256(&key)?.with_revocation(versions.clone());
+        let local = TokenVerifier::hs256(&key)?
+            .with_leeway(cfg.token_leeway.as_secs())
+            .with_revocation(versions.clone());
         let dummy_hash = tokio::task::spawn_blocking(|| hash_password("not-a-real-password-at-all"))
             .await
             .map_err(|e| AuthServiceError::Internal(e.to_string()))??;
@@ -414,7 +416,10 @@ impl Auth {
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_str(json).map_err(|e| AuthServiceError::BadRequest(format!("JWKS: {e}")))?;
         let n = set.keys.len();
-        let mut v = TokenVerifier::new().with_jwks(&set)?.with_issuer(o.issuer.clone());
+        let mut v = TokenVerifier::new()
+            .with_jwks(&set)?
+            .with_issuer(o.issuer.clone())
+            .with_leeway(self.cfg.token_leeway.as_secs());
         if !o.audience.is_empty() {
             v = v.with_audience(o.audience.clone());
         }

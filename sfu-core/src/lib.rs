@@ -134,6 +134,7 @@ pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod engine;
+pub mod httpguard;
 pub mod error;
 pub mod local;
 pub mod media;
