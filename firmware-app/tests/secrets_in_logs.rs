@@ -67,7 +67,9 @@ async fn no_password_or_token_is_logged_in_a_full_scenario_at_debug_level() {
     let mut secrets: Vec<String> = vec![password.clone()];
 
     // A failed login, then a good one.
-    let r = d.post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": "wrong-password-1"})).await;
+    let r = d
+        .post_json("/api/v1/auth/login", None, json!({"username": "admin", "password": "wrong-password-1"}))
+        .await;
     assert_eq!(r.status(), 401);
     secrets.push("wrong-password-1".into());
     let pair = d.login_admin().await;

@@ -35,10 +35,20 @@ struct CurlResult {
 /// POST the file at `body` to `url` with curl; `extra`: more curl arguments.
 async fn curl_post(d: &TestDaemon, url: &str, body: &Path, extra: &[&str]) -> CurlResult {
     let mut cmd = tokio::process::Command::new("curl");
-    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "--max-time", "60", "-X", "POST"])
-        .args(["-H", "Content-Type: application/sdp", "--data-binary"])
-        .arg(format!("@{}", body.display()))
-        .args(extra);
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_upload}",
+        "--max-time",
+        "60",
+        "-X",
+        "POST",
+    ])
+    .args(["-H", "Content-Type: application/sdp", "--data-binary"])
+    .arg(format!("@{}", body.display()))
+    .args(extra);
     if let Some(tls) = &d.running.tls {
         cmd.arg("--cacert").arg(&tls.cert);
     }
@@ -62,12 +72,14 @@ async fn ten_mb_whip_gets_413(d: &TestDaemon, proto: &str) {
 
     if proto == "--http1.1" {
         // Chunked (HTTP/1.1 only): no Content-Length, the limit is hit while reading.
-        let r = curl_post(d, &url, &file, &[proto, "-H", "Expect:", "-H", "Transfer-Encoding: chunked"]).await;
+        let r =
+            curl_post(d, &url, &file, &[proto, "-H", "Expect:", "-H", "Transfer-Encoding: chunked"]).await;
         assert_eq!(r.status, "413", "chunked: curl said {:?}", r.stderr);
 
         // `Expect: 100-continue`: the 413 comes instead of `100 Continue`, and the body is never sent.
         let r =
-            curl_post(d, &url, &file, &[proto, "-H", "Expect: 100-continue", "--expect100-timeout", "30"]).await;
+            curl_post(d, &url, &file, &[proto, "-H", "Expect: 100-continue", "--expect100-timeout", "30"])
+                .await;
         assert_eq!(r.status, "413", "Expect: 100-continue: curl said {:?}", r.stderr);
         assert_eq!(r.uploaded, 0.0, "the client was told before it uploaded anything");
     }
@@ -123,7 +135,14 @@ async fn every_response_has_security_headers(d: &TestDaemon, https: bool) {
         assert_eq!(r.status(), status, "{path}");
         assert_security_headers(&r, https, path);
     }
-    let r = d.client.post(d.url("/whip/demo")).header("content-type", "application/sdp").body("v=0").send().await.unwrap();
+    let r = d
+        .client
+        .post(d.url("/whip/demo"))
+        .header("content-type", "application/sdp")
+        .body("v=0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "signaling without a token");
     assert_security_headers(&r, https, "POST /whip/demo");
 }
@@ -165,7 +184,14 @@ async fn api_and_signaling_are_rate_limited_per_address_with_retry_after() {
     assert!((1..=10).contains(&retry), "one request every 10 s: retry in {retry}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limited", "{v}");
-    let r = d.client.post(d.url("/whip/demo")).header("content-type", "application/sdp").body("v=0").send().await.unwrap();
+    let r = d
+        .client
+        .post(d.url("/whip/demo"))
+        .header("content-type", "application/sdp")
+        .body("v=0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429, "signaling shares the address's budget");
     // Health, metrics and the web client are not limited.
     for p in ["/healthz", "/", "/metrics"] {
@@ -256,7 +282,8 @@ async fn every_file_the_daemon_writes_that_holds_a_secret_is_private() {
         }
     }
     for f in &secret_files {
-        let mode = std::fs::metadata(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())).permissions().mode();
+        let mode =
+            std::fs::metadata(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())).permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is {:o}", f.display(), mode & 0o777);
     }
     d.running.shutdown().await;

@@ -189,16 +189,20 @@ impl Guard {
             .get(header::EXPECT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let has_body = declared.is_some_and(|n| n > 0) || h.contains_key(header::TRANSFER_ENCODING);
         let refusal = self.rate_check(&req).or_else(|| {
-            declared.is_some_and(|n| n > self.cfg.max_body_bytes as u64).then(|| too_large(self.cfg.max_body_bytes))
+            declared
+                .is_some_and(|n| n > self.cfg.max_body_bytes as u64)
+                .then(|| too_large(self.cfg.max_body_bytes))
         });
         let (parts, body) = req.into_parts();
         // With `Expect: 100-continue` an unread body is simply dropped: hyper
         // then sends the final status instead of `100 Continue` and the client
         // never uploads. Without it, drain what the client is already sending.
-        let body = if has_body && !expects_continue { Body::from_stream(DrainOnDrop::new(body)) } else { body };
+        let body =
+            if has_body && !expects_continue { Body::from_stream(DrainOnDrop::new(body)) } else { body };
         if let Some(resp) = refusal {
             drop(body);
             return self.finish(resp, http1);
