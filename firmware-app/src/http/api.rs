@@ -76,10 +76,40 @@ pub fn routes() -> Router<SharedState> {
         DisplayRow, CreateDisplay, DisplayCreated, DisplayTokenRequest, DisplayToken,
         RecordingRow, AuditRow, Status, SfuStatus,
     )),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &ErrorResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
+
+/// Every operation may also answer any error status (400 bad input, 401/403,
+/// 413 body too large, 415, 422, 429 rate limited, 503, 507 storage full…),
+/// always with an [`ErrorBody`]: say so once, as each operation's `default`
+/// response, so a client (or a schema checker) knows the shape of every error.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = ResponseBuilder::new()
+            .description("An error: `{\"error\": {\"code\", \"message\"}}`")
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses.responses.entry("default".into()).or_insert_with(|| error.clone().into());
+            }
+        }
+    }
+}
 
 struct BearerScheme;
 
@@ -155,7 +185,10 @@ fn identity_name(id: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")]
     pub username: String,
+    /// At most 1024 bytes.
+    #[schema(max_length = 256)]
     pub password: String,
     /// Members name the room they join; admins get every room when absent.
     #[serde(default)]
@@ -227,8 +260,10 @@ async fn logout(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordRequest {
+    #[schema(max_length = 256)]
     pub old_password: String,
-    /// At least 10 characters.
+    /// At least 10 characters (at most 1024 bytes).
+    #[schema(min_length = 10, max_length = 256)]
     pub new_password: String,
 }
 
@@ -250,7 +285,7 @@ async fn change_password(
 
 /// Revoke every token of a user (bumps the user's token version). Admins only.
 #[utoipa::path(post, path = "/api/v1/users/{username}/revoke", tag = "auth",
-    params(("username" = String, Path)),
+    params(("username" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")),
     responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody)))]
 async fn revoke_user(
     State(s): State<SharedState>,
@@ -312,8 +347,10 @@ async fn list_rooms(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub display_name: Option<String>,
 }
 
@@ -327,8 +364,8 @@ async fn create_room(
 ) -> Result<(StatusCode, axum::Json<RoomView>), ApiError> {
     need_box_admin(&c)?;
     room_name(&req.name)?;
-    if req.display_name.as_ref().is_some_and(|d| d.len() > 200) {
-        return Err(ApiError::bad_request("bad_request", "display_name: at most 200 bytes"));
+    if req.display_name.as_ref().is_some_and(|d| d.chars().count() > 200) {
+        return Err(ApiError::bad_request("bad_request", "display_name: at most 200 characters"));
     }
     let now = unix_now() as i64;
     let actor = c.sub.clone();
@@ -346,7 +383,7 @@ async fn create_room(
 }
 
 /// One room.
-#[utoipa::path(get, path = "/api/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")),
     responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
 async fn get_room(
     State(s): State<SharedState>,
@@ -370,9 +407,11 @@ async fn get_room(
 pub struct JoinRequest {
     /// Display name shown to others.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub name: Option<String>,
     /// Renew the token of an identity this invite handed out before (`guest-` + 8 hex digits).
     #[serde(default)]
+    #[schema(pattern = "^guest-[0-9a-f]{8}$")]
     pub identity: Option<String>,
 }
 
@@ -387,7 +426,7 @@ pub struct JoinResponse {
 
 /// Exchange an invite token (identity `invite`, as in the demo's join link) or
 /// an admin token for a personal access token with a unique guest identity.
-#[utoipa::path(post, path = "/api/v1/rooms/{room}/join", tag = "rooms", params(("room" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/join", tag = "rooms", params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")),
     request_body = JoinRequest,
     responses((status = 200, body = JoinResponse), (status = 403, body = ErrorBody)))]
 async fn join_room(
@@ -511,7 +550,7 @@ impl From<TrackKind> for MediaKind {
 
 /// Who is in a room now.
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/participants", tag = "participants",
-    params(("room" = String, Path)),
+    params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")),
     responses((status = 200, body = Vec<Participant>), (status = 503, description = "SFU not running", body = ErrorBody)))]
 async fn list_participants(
     State(s): State<SharedState>,
@@ -551,7 +590,7 @@ async fn list_participants(
 /// Remove a participant from a room. Room admins only. The box's own room
 /// participant cannot be removed (409): mute it instead.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/kick", tag = "participants",
-    params(("room" = String, Path), ("identity" = String, Path)),
+    params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$"), ("identity" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")),
     responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody),
         (status = 409, description = "The box's own camera and microphone", body = ErrorBody)))]
 async fn kick(
@@ -586,7 +625,7 @@ pub struct MuteRequest {
 /// For the box's own room participant this is the device switch (audio stopped
 /// at the source, the camera's privacy slate), as `PATCH /api/v1/device`.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/mute", tag = "participants",
-    params(("room" = String, Path), ("identity" = String, Path)), request_body = MuteRequest,
+    params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$"), ("identity" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")), request_body = MuteRequest,
     responses((status = 204, description = "Done"), (status = 404, body = ErrorBody)))]
 async fn mute(
     State(s): State<SharedState>,
@@ -676,15 +715,34 @@ async fn list_sessions(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// A room name, or `*` (every room; admin tokens only).
+    #[schema(min_length = 1, max_length = 64, pattern = "^([A-Za-z0-9_-]+|\\*)$")]
     pub room: String,
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")]
     pub identity: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub name: Option<String>,
     #[serde(default)]
     pub grants: GrantsDto,
-    /// Lifetime in seconds (default `auth.access_ttl`, at most `auth.max_issued_ttl`).
-    #[serde(default)]
+    /// Lifetime in seconds (default `auth.access_ttl`, at most `auth.max_issued_ttl`, 1 day by default).
+    #[serde(default, deserialize_with = "whole_seconds")]
+    #[schema(minimum = 10, maximum = 86400)]
     pub ttl_secs: Option<u64>,
+}
+
+/// A JSON number of seconds: an integer, or a float with no fraction (`600.0`
+/// is the integer 600 in JSON Schema, so clients may send it).
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v: Option<serde_json::Number> = Option::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64).map(|f| f as u64))
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("ttl_secs: a whole number of seconds")),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -708,6 +766,13 @@ async fn issue_token(
         room_name(&req.room)?;
     }
     identity_name(&req.identity)?;
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request("bad_request", "name: 1 to 64 printable characters"));
+    }
     need_room_admin(&c, &req.room)?;
     if req.room == "*" {
         need_box_admin(&c)?;
@@ -809,9 +874,11 @@ async fn press_button(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDisplay {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub room: String,
     /// For people (`"TV"`, `"Board room screen"`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub name: Option<String>,
 }
 
