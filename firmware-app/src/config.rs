@@ -434,6 +434,26 @@ pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
         .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
 }
 
+/// The config file fuzz target's check (`fuzz/fuzz_targets/daemon_config.rs`,
+/// replayed on stable by `tests/security.rs`): any bytes are refused with
+/// problems or load into a valid config that writes out and loads back
+/// unchanged. Panics only when that breaks.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(cfg) = load_str(text, &Overrides::default()) else { return };
+    assert!(cfg.validate().is_empty(), "a loaded config is valid");
+    let written = toml::to_string(&cfg).expect("a loaded config writes out");
+    match load_str(&written, &Overrides::default()) {
+        Ok(mut back) => {
+            // which [media] keys the file named (for the board profile): the written file names them all
+            back.media_keys = cfg.media_keys.clone();
+            assert_eq!(back, cfg, "written and loaded back unchanged");
+        }
+        Err(p) => panic!("a written config loads back: {p:?}\n{written}"),
+    }
+}
+
 /// Parse `text` over the defaults, apply `overrides`, validate. Returns every problem.
 pub fn load_str(text: &str, overrides: &Overrides) -> Result<DaemonConfig, Vec<Problem>> {
     let lines = LineIndex::new(text);

@@ -298,3 +298,18 @@ async fn every_file_the_daemon_writes_that_holds_a_secret_is_private() {
     assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
     d.running.shutdown().await;
 }
+
+/// The config fuzz target's committed seeds (`fuzz/seeds/daemon_config`)
+/// through its check on stable: CI's bounded form of that target.
+#[test]
+fn the_daemon_config_fuzz_seeds_replay_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/daemon_config");
+    let mut loaded = 0;
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(f.unwrap().path()).unwrap();
+        roombox::config::fuzz_check(&data);
+        let text = String::from_utf8_lossy(&data);
+        loaded += roombox::config::load_str(&text, &Default::default()).is_ok() as u32;
+    }
+    assert!(loaded >= 2, "the example and a small config load, so the check reaches the round trip");
+}

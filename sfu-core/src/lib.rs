@@ -136,6 +136,8 @@ pub mod edge;
 pub mod engine;
 pub mod httpguard;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local;
 pub mod media;
 pub mod metrics;
