@@ -313,3 +313,81 @@ fn the_daemon_config_fuzz_seeds_replay_cleanly() {
     }
     assert!(loaded >= 2, "the example and a small config load, so the check reaches the round trip");
 }
+
+fn kid_of(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let head = token.split('.').next()?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head).ok()?;
+    serde_json::from_slice::<Value>(&json).ok()?["kid"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn the_signing_key_rotates_without_downtime_and_the_old_key_retires() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let d = start_with(config(&data), dir).await;
+    let before = d.login_admin().await;
+    let old_access = before["access_token"].as_str().unwrap().to_owned();
+    let old_kid = kid_of(&old_access).expect("tokens name their key");
+    let old_key = std::fs::read(data.join(roombox::auth::KEY_FILE)).unwrap();
+
+    // Only a box admin may rotate.
+    let r = d.client.post(d.url("/api/v1/auth/rotate-key")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = d.client.post(d.url("/api/v1/auth/rotate-key")).bearer_auth(&old_access).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let rot: Value = r.json().await.unwrap();
+    assert_eq!(rot["previous_kid"], old_kid.as_str());
+    let new_kid = rot["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, old_kid);
+    let until = rot["previous_valid_until"].as_u64().unwrap();
+    assert!(until >= roombox::auth::unix_now() + 900, "the old key outlives the tokens it signed");
+
+    // No downtime: the token signed before the rotation still works, in the API and signaling.
+    assert_eq!(d.get("/api/v1/rooms", Some(&old_access)).await.status(), 200);
+    let r = d
+        .client
+        .post(d.url("/whip/demo"))
+        .bearer_auth(&old_access)
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 401, "signaling takes the old key's token");
+    // New tokens come from the new key.
+    let r = d
+        .post_json(
+            "/api/v1/auth/refresh",
+            None,
+            serde_json::json!({"refresh_token": before["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let new_access = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(kid_of(&new_access).as_deref(), Some(new_kid.as_str()));
+    assert_eq!(d.get("/api/v1/rooms", Some(&new_access)).await.status(), 200);
+
+    // Both key files are private; the key file holds the new key.
+    for f in [roombox::auth::KEY_FILE, roombox::auth::PREVIOUS_KEY_FILE] {
+        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    assert_ne!(std::fs::read(data.join(roombox::auth::KEY_FILE)).unwrap(), old_key);
+
+    // The old key cannot mint tokens that outlive it: one expiring after `until` is refused.
+    let old_secret = hex::decode(String::from_utf8(old_key).unwrap().trim()).unwrap();
+    let now = roombox::auth::unix_now();
+    let mut c = Claims::new("admin", "*", Grants { admin: true, ..Grants::default() }, now, until - now + 60);
+    c.iss = Some(roombox::auth::ISSUER.into());
+    let forged = sign_hs256(&c, &old_secret).unwrap();
+    assert_eq!(d.get("/api/v1/rooms", Some(&forged)).await.status(), 401);
+    d.running.shutdown().await;
+
+    // After a restart the old key's tokens still verify (the retired key is on disk).
+    let dir2 = tempfile::tempdir().unwrap();
+    let d = start_with(config(&data), dir2).await;
+    assert_eq!(d.get("/api/v1/rooms", Some(&old_access)).await.status(), 200);
+    assert_eq!(d.get("/api/v1/rooms", Some(&new_access)).await.status(), 200);
+    d.running.shutdown().await;
+}

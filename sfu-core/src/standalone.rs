@@ -101,7 +101,10 @@ fn load(path: &Path) -> anyhow::Result<(FileConfig, TokenVerifier)> {
     }
     if let Some(l) = cfg.auth.leeway_secs {
         if l > crate::auth::MAX_LEEWAY_SECS {
-            bail!("auth.leeway_secs = {l}: at most {} (it extends every token's life)", crate::auth::MAX_LEEWAY_SECS);
+            bail!(
+                "auth.leeway_secs = {l}: at most {} (it extends every token's life)",
+                crate::auth::MAX_LEEWAY_SECS
+            );
         }
         v = v.with_leeway(l);
     }

@@ -31,6 +31,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/auth/logout", post(logout))
         .route("/auth/password", post(change_password))
         .route("/users/{username}/revoke", post(revoke_user))
+        .route("/auth/rotate-key", post(rotate_key))
         .route("/rooms", get(list_rooms).post(create_room))
         .route("/rooms/{room}", get(get_room))
         .route("/rooms/{room}/join", post(join_room))
@@ -59,7 +60,7 @@ pub fn routes() -> Router<SharedState> {
 #[openapi(
     info(title = "roombox API", description = "The appliance's REST API. Every error is `{\"error\": {\"code\", \"message\"}}`."),
     paths(
-        login, refresh, logout, change_password, revoke_user,
+        login, refresh, logout, change_password, revoke_user, rotate_key,
         list_rooms, create_room, get_room, join_room,
         list_participants, kick, mute,
         list_meetings, list_sessions,
@@ -68,7 +69,7 @@ pub fn routes() -> Router<SharedState> {
         list_recordings, list_audit, status,
     ),
     components(schemas(
-        ErrorBody, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
+        ErrorBody, crate::auth::KeyRotation, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
         RoomView, CreateRoom, JoinRequest, JoinResponse, Participant, ParticipantTrack, MuteRequest, MediaKind,
         TrackSourceKind, MeetingRow, SessionRow, TokenRequest, TokenResponse, DeviceState, DevicePatch,
         crate::device::MediaStatus, crate::device::PipelineStatus, crate::device::DeviceHealth,
@@ -92,18 +93,15 @@ impl Modify for ErrorResponses {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let error = ResponseBuilder::new()
             .description("An error: `{\"error\": {\"code\", \"message\"}}`")
-            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+            )
             .build();
         for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+                .into_iter()
+                .flatten()
             {
                 op.responses.responses.entry("default".into()).or_insert_with(|| error.clone().into());
             }
@@ -296,6 +294,28 @@ async fn revoke_user(
     identity_name(&username)?;
     s.auth.revoke_user(&username, &c.sub, unix_now()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate the token signing key without downtime: tokens are signed with a
+/// new key from now on; tokens signed with the old one verify until they
+/// expire. Box admins only.
+#[utoipa::path(post, path = "/api/v1/auth/rotate-key", tag = "auth",
+    responses((status = 200, body = crate::auth::KeyRotation), (status = 403, body = ErrorBody)))]
+async fn rotate_key(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<crate::auth::KeyRotation>, ApiError> {
+    need_box_admin(&c)?;
+    let r = s.auth.rotate_key(unix_now())?;
+    audit(
+        &s,
+        &c.sub,
+        "rotate_key",
+        &r.kid,
+        Some(format!("previous {} until {}", r.previous_kid, r.previous_valid_until)),
+    )
+    .await;
+    Ok(axum::Json(r))
 }
 
 // ---------------------------------------------------------------------------
@@ -739,7 +759,11 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
         None => Ok(None),
         Some(n) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom("ttl_secs: a whole number of seconds")),
     }
