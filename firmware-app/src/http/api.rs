@@ -694,7 +694,8 @@ async fn audit(s: &SharedState, actor: &str, action: &str, target: &str, detail:
 pub struct MeetingQuery {
     /// Only this room's meetings.
     pub room: Option<String>,
-    /// At most this many (default 50, max 500).
+    /// At most this many (default 50, 1 to 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -713,7 +714,7 @@ async fn list_meetings(
         }
         None => need_box_admin(&c)?,
     }
-    let limit = mq.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_of(mq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_meetings(db, mq.room.as_deref(), limit)).await?))
 }
 
@@ -1006,8 +1007,17 @@ async fn revoke_display(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
-    /// At most this many (default 50, max 500).
+    /// At most this many (default 50, 1 to 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+}
+
+/// A `limit` query parameter: default 50, 1 to 500 (anything else is refused, as documented).
+fn limit_of(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(50) {
+        n @ 1..=500 => Ok(n),
+        _ => Err(ApiError::bad_request("bad_query", "limit: 1 to 500")),
+    }
 }
 
 /// Recordings on the box, newest first. Admins only.
@@ -1019,7 +1029,7 @@ async fn list_recordings(
     ApiQuery(lq): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<RecordingRow>>, ApiError> {
     need_box_admin(&c)?;
-    let limit = lq.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_of(lq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_recordings(db, limit)).await?))
 }
 
@@ -1032,7 +1042,7 @@ async fn list_audit(
     ApiQuery(lq): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<AuditRow>>, ApiError> {
     need_box_admin(&c)?;
-    let limit = lq.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_of(lq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_audit(db, limit)).await?))
 }
 
