@@ -112,6 +112,8 @@ pub fn config_toml(http: SocketAddr, udp: SocketAddr, tcp: SocketAddr, secret_fi
         r#"# written by roombox-bench
 [http]
 listen = "{http}"
+# one address opens every session of the bench: no per-address limit
+rate_limit_per_minute = 0
 
 [auth]
 hs256_secret_file = "{secret}"

@@ -36,13 +36,18 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use sfu_core::auth::{AuthError, Claims, Grants, RevocationCheck, TokenCheck, TokenVerifier, sign_hs256};
+use sfu_core::auth::{
+    AuthError, Claims, Grants, RevocationCheck, TokenCheck, TokenVerifier, sign_hs256, sign_hs256_kid,
+};
 
 use crate::config::{AuthConfig, OidcConfig};
 use crate::store::{Role, Store, StoreError, atomic, q};
 
 /// The signing key's file name in the data dir.
 pub const KEY_FILE: &str = "jwt.key";
+/// The key a rotation retired (`<hex key> <unix time it stops verifying>`),
+/// kept so the tokens it signed verify until they expire.
+pub const PREVIOUS_KEY_FILE: &str = "jwt.key.previous";
 /// Where the first-boot admin password is written.
 pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 /// Issuer of the box's own tokens.
@@ -122,6 +127,39 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<Vec<u8>, AuthServiceError> 
         }
         Err(e) => Err(AuthServiceError::Key(path, e.to_string())),
     }
+}
+
+/// The key id of a signing key: the first 8 bytes of its SHA-256, in hex.
+pub fn key_id(key: &[u8]) -> String {
+    hex::encode(&sha256(key)[..8])
+}
+
+/// Replace `path` with `data`, readable by the owner only (a new file renamed over it).
+fn replace_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_private_new(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The retired key and when it stops verifying, if a rotation left one that still does.
+fn load_previous_key(data_dir: &Path, now: u64) -> Option<(Vec<u8>, u64)> {
+    let text = std::fs::read_to_string(data_dir.join(PREVIOUS_KEY_FILE)).ok()?;
+    let (k, t) = text.trim().split_once(' ')?;
+    let until: u64 = t.trim().parse().ok()?;
+    let key = hex::decode(k).ok()?;
+    (until >= now && key.len() >= sfu_core::auth::MIN_SECRET_LEN).then_some((key, until))
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyRotation {
+    /// The new signing key's id (the `kid` of every token signed from now on).
+    pub kid: String,
+    /// The retired key's id.
+    pub previous_kid: String,
+    /// Until when (Unix seconds) tokens signed with the retired key still verify.
+    pub previous_valid_until: u64,
 }
 
 /// Sign an access token with the data dir's key (the `roomboxd token` command).
@@ -289,10 +327,26 @@ impl From<GrantsDto> for Grants {
     }
 }
 
+/// The verifier of the box's own tokens: `key` (by its id, and for tokens
+/// without one) and, after a rotation, the retired key until it expires.
+fn local_verifier(
+    key: &[u8],
+    previous: Option<&(Vec<u8>, u64)>,
+    cfg: &AuthConfig,
+    versions: Arc<TokenVersions>,
+) -> Result<TokenVerifier, AuthServiceError> {
+    let mut v = TokenVerifier::new().with_secret_kid(key, &key_id(key), None)?;
+    if let Some((old, until)) = previous {
+        v = v.with_secret_kid(old, &key_id(old), Some(*until))?;
+    }
+    Ok(v.with_leeway(cfg.token_leeway.as_secs()).with_revocation(versions))
+}
+
 /// The auth service the HTTP layer and the SFU use.
 pub struct Auth {
-    key: Arc<Vec<u8>>,
-    local: TokenVerifier,
+    /// The signing key and the verifier of the box's own tokens (current key,
+    /// plus the retired one after a rotation); replaced together on rotation.
+    local: RwLock<(Arc<Vec<u8>>, TokenVerifier)>,
     oidc: RwLock<Option<TokenVerifier>>,
     versions: Arc<TokenVersions>,
     store: Store,
@@ -358,13 +412,13 @@ impl Auth {
                 versions.set(&display_identity(d.id), DISPLAY_TV);
             }
         }
-        let local = TokenVerifier::hs256(&key)?.with_revocation(versions.clone());
+        let previous = load_previous_key(data_dir, unix_now());
+        let local = local_verifier(&key, previous.as_ref(), &cfg, versions.clone())?;
         let dummy_hash = tokio::task::spawn_blocking(|| hash_password("not-a-real-password-at-all"))
             .await
             .map_err(|e| AuthServiceError::Internal(e.to_string()))??;
         let auth = Auth {
-            key: Arc::new(key),
-            local,
+            local: RwLock::new((Arc::new(key), local)),
             oidc: RwLock::new(None),
             versions,
             limiter: Mutex::new(LoginLimiter::new(
@@ -394,7 +448,33 @@ impl Auth {
 
     /// The verifier for the box's own tokens, with revocation (hand it to the SFU).
     pub fn local_verifier(&self) -> TokenVerifier {
-        self.local.clone()
+        self.local.read().map(|l| l.1.clone()).unwrap_or_default()
+    }
+
+    /// Rotate the signing key without downtime: a new key signs every token
+    /// from now on; the old one keeps verifying the tokens it signed until the
+    /// longest of them expires (`auth.max_issued_ttl`, `auth.access_ttl`, plus
+    /// the leeway), then nothing. Both files are written (0600) before the
+    /// switch, so a restart keeps the same state.
+    pub fn rotate_key(&self, now: u64) -> Result<KeyRotation, AuthServiceError> {
+        let mut guard = self.local.write().map_err(|_| poisoned())?;
+        let old = guard.0.clone();
+        let until = now
+            + self.cfg.max_issued_ttl.max(self.cfg.access_ttl).as_secs()
+            + self.cfg.token_leeway.as_secs();
+        let mut key = vec![0u8; 64];
+        random_bytes(&mut key)?;
+        let prev_path = self.data_dir.join(PREVIOUS_KEY_FILE);
+        replace_private(&prev_path, format!("{} {until}\n", hex::encode(&*old)).as_bytes())
+            .map_err(|e| AuthServiceError::Key(prev_path.clone(), e.to_string()))?;
+        let key_path = self.data_dir.join(KEY_FILE);
+        replace_private(&key_path, format!("{}\n", hex::encode(&key)).as_bytes())
+            .map_err(|e| AuthServiceError::Key(key_path.clone(), e.to_string()))?;
+        let verifier = local_verifier(&key, Some(&(old.to_vec(), until)), &self.cfg, self.versions.clone())?;
+        let r = KeyRotation { kid: key_id(&key), previous_kid: key_id(&old), previous_valid_until: until };
+        *guard = (Arc::new(key), verifier);
+        tracing::info!(kid = %r.kid, previous_kid = %r.previous_kid, until, "signing key rotated");
+        Ok(r)
     }
 
     /// Changes each time the identity provider's keys are (re)installed.
@@ -414,7 +494,10 @@ impl Auth {
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_str(json).map_err(|e| AuthServiceError::BadRequest(format!("JWKS: {e}")))?;
         let n = set.keys.len();
-        let mut v = TokenVerifier::new().with_jwks(&set)?.with_issuer(o.issuer.clone());
+        let mut v = TokenVerifier::new()
+            .with_jwks(&set)?
+            .with_issuer(o.issuer.clone())
+            .with_leeway(self.cfg.token_leeway.as_secs());
         if !o.audience.is_empty() {
             v = v.with_audience(o.audience.clone());
         }
@@ -427,7 +510,8 @@ impl Auth {
 
     /// Verify a bearer token: the box's own first, then the identity provider's.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
-        match self.local.verify(token, now) {
+        let local = self.local_verifier();
+        match local.verify(token, now) {
             Ok(c) => Ok(c),
             Err(e @ (AuthError::AlgorithmNotAllowed(_) | AuthError::UnknownKey(_))) => {
                 let oidc = self.oidc.read().ok().and_then(|o| o.clone());
@@ -465,7 +549,8 @@ impl Auth {
         c.iss = Some(ISSUER.into());
         c.tv = tv;
         c.name = name;
-        Ok((sign_hs256(&c, &self.key)?, c))
+        let key = self.local.read().map_err(|_| poisoned())?.0.clone();
+        Ok((sign_hs256_kid(&c, &key, &key_id(&key))?, c))
     }
 
     /// Make a display credential for the TV of `room`: a long random secret

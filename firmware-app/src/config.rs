@@ -93,6 +93,12 @@ pub struct HttpConfig {
     pub redirect_listen: Option<SocketAddr>,
     /// Largest request body on the API, bytes.
     pub max_body_bytes: usize,
+    /// Requests per minute one client address may make to the API and the
+    /// signaling routes (`/api/`, `/whip/`, `/whep/`, `/ws/`); beyond, 429 +
+    /// `Retry-After`. 0 = no limit.
+    pub rate_limit_per_minute: u32,
+    /// Requests one client address may make at once before the per-minute rate applies.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for HttpConfig {
@@ -105,6 +111,8 @@ impl Default for HttpConfig {
             extra_names: Vec::new(),
             redirect_listen: None,
             max_body_bytes: 64 * 1024,
+            rate_limit_per_minute: 1200,
+            rate_limit_burst: 300,
         }
     }
 }
@@ -126,6 +134,10 @@ pub struct AuthConfig {
     pub login_max_attempts_per_ip: u32,
     #[serde(with = "human_duration")]
     pub login_window: Duration,
+    /// Clock skew tolerated on a token's `exp`/`nbf` (the box's own tokens and
+    /// the identity provider's): a token is still taken this long after it expired.
+    #[serde(with = "human_duration")]
+    pub token_leeway: Duration,
     /// Verify tokens of an on-prem OpenID Connect provider through its JWKS.
     pub oidc: Option<OidcConfig>,
 }
@@ -139,6 +151,7 @@ impl Default for AuthConfig {
             login_max_failures_per_user: 5,
             login_max_attempts_per_ip: 30,
             login_window: Duration::from_secs(15 * 60),
+            token_leeway: Duration::from_secs(sfu_core::auth::DEFAULT_LEEWAY_SECS),
             oidc: None,
         }
     }
@@ -292,6 +305,9 @@ impl DaemonConfig {
         if self.http.max_body_bytes < 1024 {
             bad("http.max_body_bytes", "must be at least 1024");
         }
+        if self.http.rate_limit_per_minute > 0 && self.http.rate_limit_burst == 0 {
+            bad("http.rate_limit_burst", "at least 1 when http.rate_limit_per_minute is set");
+        }
         if let Some(r) = self.http.redirect_listen {
             if r == self.http.listen && r.port() != 0 {
                 bad("http.redirect_listen", "must differ from http.listen");
@@ -318,6 +334,9 @@ impl DaemonConfig {
         }
         if a.login_window < Duration::from_secs(1) {
             bad("auth.login_window", "at least 1s");
+        }
+        if a.token_leeway > Duration::from_secs(sfu_core::auth::MAX_LEEWAY_SECS) {
+            bad("auth.token_leeway", "at most 5m (it extends every token's life)");
         }
         if let Some(o) = &a.oidc {
             if o.issuer.is_empty() {
@@ -413,6 +432,26 @@ pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
         .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     load_str(&text, &Overrides::default())
         .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
+}
+
+/// The config file fuzz target's check (`fuzz/fuzz_targets/daemon_config.rs`,
+/// replayed on stable by `tests/security.rs`): any bytes are refused with
+/// problems or load into a valid config that writes out and loads back
+/// unchanged. Panics only when that breaks.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(cfg) = load_str(text, &Overrides::default()) else { return };
+    assert!(cfg.validate().is_empty(), "a loaded config is valid");
+    let written = toml::to_string(&cfg).expect("a loaded config writes out");
+    match load_str(&written, &Overrides::default()) {
+        Ok(mut back) => {
+            // which [media] keys the file named (for the board profile): the written file names them all
+            back.media_keys = cfg.media_keys.clone();
+            assert_eq!(back, cfg, "written and loaded back unchanged");
+        }
+        Err(p) => panic!("a written config loads back: {p:?}\n{written}"),
+    }
 }
 
 /// Parse `text` over the defaults, apply `overrides`, validate. Returns every problem.

@@ -57,6 +57,17 @@ pub struct MediaStatus {
     pub pipeline: Option<PipelineStatus>,
 }
 
+/// What a running pipeline is doing, from the descriptions its capture
+/// threads set once they have opened their sources (empty until then).
+fn pipeline_detail(camera: &str, microphone: &str) -> String {
+    match (camera.is_empty(), microphone.is_empty()) {
+        (false, false) => format!("publishing {camera} and {microphone}"),
+        (true, true) => "starting: opening the camera and the microphone".into(),
+        (true, false) => format!("starting: opening the camera ({microphone} is open)"),
+        (false, true) => format!("starting: opening the microphone ({camera} is open)"),
+    }
+}
+
 /// A device's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -283,8 +294,9 @@ impl Device {
             // also tells the SFU (a camera that starts off is muted there too)
             media.set_camera_off(sw.camera_off);
         }
-        *lock(&self.detail) =
-            format!("publishing {} and {}", st.camera_description, st.microphone_description);
+        // From now on the detail is derived from the pipeline's own state each
+        // time it is read (see `pipeline_detail`): the capture threads fill in
+        // the sources' descriptions only once they have opened them.
         *lock(&self.media) = Some(media);
     }
 
@@ -379,6 +391,10 @@ impl Device {
     pub fn state(&self) -> DeviceState {
         let s = self.switches();
         let pipeline = lock(&self.media).as_ref().map(|m| PipelineStatus::from(m.status()));
+        let detail = match &pipeline {
+            Some(p) => pipeline_detail(&p.camera_description, &p.microphone_description),
+            None => lock(&self.detail).clone(),
+        };
         DeviceState {
             mic_muted: s.mic_muted,
             camera_off: s.camera_off,
@@ -389,7 +405,7 @@ impl Device {
             media: MediaStatus {
                 enabled: self.enabled,
                 running: pipeline.is_some(),
-                detail: lock(&self.detail).clone(),
+                detail,
                 identity: self.identity.clone(),
                 pipeline,
             },
@@ -401,9 +417,16 @@ impl Device {
         lock(&self.media).is_some()
     }
 
-    /// Ready as far as media goes: running, or not wanted.
+    /// Ready as far as media goes: not wanted, or running with both sources
+    /// open (their capture threads have described them).
     pub fn media_ready(&self) -> bool {
-        !self.enabled || self.media_running()
+        if !self.enabled {
+            return true;
+        }
+        lock(&self.media)
+            .as_ref()
+            .map(|m| m.status())
+            .is_some_and(|st| !st.camera_description.is_empty() && !st.microphone_description.is_empty())
     }
 
     /// The room media's status, when it runs.
@@ -509,6 +532,14 @@ mod tests {
             long_press: Duration::from_millis(300),
             blink: Duration::from_millis(60),
         }
+    }
+
+    #[test]
+    fn the_detail_names_only_sources_that_are_open() {
+        assert_eq!(pipeline_detail("", ""), "starting: opening the camera and the microphone");
+        assert_eq!(pipeline_detail("", "mic A"), "starting: opening the camera (mic A is open)");
+        assert_eq!(pipeline_detail("cam B", ""), "starting: opening the microphone (cam B is open)");
+        assert_eq!(pipeline_detail("cam B", "mic A"), "publishing cam B and mic A");
     }
 
     fn wait(what: &str, f: impl Fn() -> bool) {

@@ -275,7 +275,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("roombox demo is running (data in {}).", info.data_dir.display());
                 println!("Open:      {}/", info.url);
                 println!("Join link: {}", info.join_link);
-                let media = running.state.device.state().media;
+                // Say what the room's camera and microphone are only once their
+                // capture threads have opened them (or after 10 s, whatever is true then).
+                let device = running.state.device.clone();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while !device.media_ready() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let media = device.state().media;
                 println!("Room:      participant `{}` in room demo: {}", media.identity, media.detail);
                 if let Some(p) = &info.admin_password {
                     println!("Admin:     user admin, password {p}  ({}/admin)", info.url);

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     pub store_errors: IntCounterVec,
     pub http_requests: IntCounterVec,
+    /// Requests answered 429 by the per-address rate limit, by surface (`api`, `signaling`).
+    pub http_rate_limited: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,6 +95,17 @@ impl Metrics {
         registry.register(Box::new(logins.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
+        let http_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "roombox_http_rate_limited_total",
+                "Requests refused (429) by the per-address rate limit, by surface.",
+            ),
+            &["surface"],
+        )?;
+        registry.register(Box::new(http_rate_limited.clone()))?;
+        for s in ["api", "signaling"] {
+            http_rate_limited.with_label_values(&[s]);
+        }
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         if let Some(root) = thermal_root
             && root.is_dir()
@@ -122,6 +135,7 @@ impl Metrics {
             logins,
             store_errors,
             http_requests,
+            http_rate_limited,
         })
     }
 

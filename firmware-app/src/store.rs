@@ -222,6 +222,27 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The database holds password hashes, refresh-token hashes and display
+/// credentials: create it readable by the owner only, and tighten an existing
+/// file (and its WAL/SHM, which SQLite creates with the main file's mode).
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&p)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// Open (and migrate) the database file without starting the thread. Used by
 /// [`Store::open`], by `db backup`, and by tests that want a plain connection.
 pub fn open_connection(path: &Path, opts: &StoreOptions) -> Result<Connection, StoreError> {
@@ -239,6 +260,7 @@ pub fn open_connection(path: &Path, opts: &StoreOptions) -> Result<Connection, S
             return Err(corrupt("not an SQLite file".into()));
         }
     }
+    make_private(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

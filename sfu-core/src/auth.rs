@@ -198,6 +198,9 @@ struct VerifyKey {
     /// The issuer/audience tokens signed with this key must name; `None`:
     /// the verifier-wide ones.
     scope: Option<Arc<KeyScope>>,
+    /// A retiring key (rotated out): it verifies nothing after this Unix time,
+    /// and only tokens whose `exp` is not later (no new tokens from it).
+    not_after: Option<u64>,
 }
 
 /// Verifies access tokens. Cheap to clone (keys are shared).
@@ -225,6 +228,16 @@ impl fmt::Debug for TokenVerifier {
 /// Smallest HS256 secret accepted (bytes).
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Clock skew tolerated on `exp`/`nbf` unless [`TokenVerifier::with_leeway`]
+/// says otherwise. It protects against clocks that disagree by a few seconds
+/// (an identity provider or cloud issuer whose clock runs ahead, a box whose
+/// clock was just stepped by NTP); every second of it is also a second a token
+/// is still accepted after its `exp`, so it stays small.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+
+/// Largest leeway a configuration may ask for.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
 impl TokenVerifier {
     /// A verifier with no keys: refuses everything until keys are added.
     pub fn new() -> Self {
@@ -232,7 +245,7 @@ impl TokenVerifier {
             keys: Arc::new(Vec::new()),
             issuer: None,
             audience: None,
-            leeway_secs: 30,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
             revocation: None,
         }
     }
@@ -255,7 +268,26 @@ impl TokenVerifier {
             algs: vec![Algorithm::HS256],
             key: DecodingKey::from_secret(secret),
             scope: None,
+            not_after: None,
         });
+        Ok(self)
+    }
+
+    /// Also accept HS256 tokens signed with `secret` under key id `kid`
+    /// (tokens without a `kid` are tried against every HS256 key). With
+    /// `not_after` the key is retiring: after a rotation the old key verifies
+    /// the tokens it signed until they expire, and nothing after `not_after`.
+    pub fn with_secret_kid(
+        mut self,
+        secret: &[u8],
+        kid: &str,
+        not_after: Option<u64>,
+    ) -> Result<Self, AuthError> {
+        self = self.with_secret(secret)?;
+        if let Some(k) = Arc::make_mut(&mut self.keys).last_mut() {
+            k.kid = Some(kid.to_owned());
+            k.not_after = not_after;
+        }
         Ok(self)
     }
 
@@ -297,7 +329,7 @@ impl TokenVerifier {
         self
     }
 
-    /// Clock skew tolerated on `exp`/`nbf` (default 30 s).
+    /// Clock skew tolerated on `exp`/`nbf` (default [`DEFAULT_LEEWAY_SECS`]).
     pub fn with_leeway(mut self, secs: u64) -> Self {
         self.leeway_secs = secs;
         self
@@ -317,23 +349,43 @@ impl TokenVerifier {
             return Err(AuthError::Missing);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
-        let key = self
+        let mut candidates = self
             .keys
             .iter()
             .filter(|k| k.algs.contains(&header.alg))
-            .find(|k| match (&header.kid, &k.kid) {
+            .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
                 (Some(_), None) => true,
                 (None, _) => true,
             })
-            .ok_or_else(|| {
-                if self.keys.iter().any(|k| k.algs.contains(&header.alg)) {
-                    AuthError::UnknownKey(header.kid.clone())
-                } else {
-                    AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg))
-                }
-            })?;
+            .filter(|k| k.not_after.is_none_or(|t| now <= t))
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(if self.keys.iter().any(|k| k.algs.contains(&header.alg)) {
+                AuthError::UnknownKey(header.kid.clone())
+            } else {
+                AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg))
+            });
+        }
+        // Several keys may fit (a token without `kid` during a key rotation):
+        // the first whose signature verifies is the one.
+        let mut last = AuthError::BadSignature;
+        for key in candidates {
+            match self.verify_with(token, &header, key, now) {
+                Err(e @ AuthError::BadSignature) => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
 
+    fn verify_with(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        key: &VerifyKey,
+        now: u64,
+    ) -> Result<Claims, AuthError> {
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         // exp/nbf are checked below against the `now` we were given.
@@ -350,6 +402,9 @@ impl TokenVerifier {
             }
         })?;
         let claims = data.claims;
+        if key.not_after.is_some_and(|t| claims.exp > t) {
+            return Err(AuthError::UnknownKey(header.kid.clone()));
+        }
 
         if now > claims.exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired { exp: claims.exp, now });
@@ -469,7 +524,7 @@ fn jwk_key(jwk: &Jwk) -> Result<VerifyKey, AuthError> {
         }
         _ => return Err(AuthError::InvalidKey("unsupported JWK key type".into())),
     };
-    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algs, key, scope: None })
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), algs, key, scope: None, not_after: None })
 }
 
 /// Sign `claims` with a local HS256 secret (the appliance's own key).
@@ -481,6 +536,20 @@ pub fn sign_hs256(claims: &Claims, secret: &[u8]) -> Result<String, AuthError> {
         )));
     }
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| AuthError::InvalidKey(e.to_string()))
+}
+
+/// [`sign_hs256`] with a key id in the header (for key rotation).
+pub fn sign_hs256_kid(claims: &Claims, secret: &[u8], kid: &str) -> Result<String, AuthError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(AuthError::InvalidKey(format!(
+            "HS256 secret is {} bytes; at least {MIN_SECRET_LEN} are needed",
+            secret.len()
+        )));
+    }
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_secret(secret))
         .map_err(|e| AuthError::InvalidKey(e.to_string()))
 }
 
@@ -525,6 +594,25 @@ mod tests {
         let err = v.verify(&token(&alice()), NOW + 901).unwrap_err();
         assert_eq!(err, AuthError::Expired { exp: NOW + 900, now: NOW + 901 });
         assert_eq!(err.http_status(), 401);
+    }
+
+    #[test]
+    fn the_default_leeway_is_small_and_bounds_both_exp_and_nbf() {
+        let v = TokenVerifier::hs256(SECRET).unwrap();
+        let exp = NOW + 900;
+        assert!(v.verify(&token(&alice()), exp + DEFAULT_LEEWAY_SECS).is_ok(), "within the leeway");
+        let err = v.verify(&token(&alice()), exp + DEFAULT_LEEWAY_SECS + 1).unwrap_err();
+        assert_eq!(err, AuthError::Expired { exp, now: exp + DEFAULT_LEEWAY_SECS + 1 });
+        let mut early = alice();
+        early.nbf = Some(NOW + 100);
+        assert!(v.verify(&token(&early), NOW + 100 - DEFAULT_LEEWAY_SECS).is_ok());
+        assert!(matches!(
+            v.verify(&token(&early), NOW + 99 - DEFAULT_LEEWAY_SECS),
+            Err(AuthError::NotYetValid { .. })
+        ));
+        let v = v.with_leeway(60);
+        assert!(v.verify(&token(&alice()), exp + 60).is_ok(), "a configured leeway is used");
+        assert!(v.verify(&token(&alice()), exp + 61).is_err());
     }
 
     #[test]

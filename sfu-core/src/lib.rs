@@ -134,7 +134,10 @@ pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod engine;
+pub mod httpguard;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local;
 pub mod media;
 pub mod metrics;

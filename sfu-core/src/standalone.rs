@@ -11,9 +11,12 @@
 //! ```toml
 //! [http]
 //! listen = "0.0.0.0:8080"
+//! rate_limit_per_minute = 1200   # per client address, signaling; 0 = no limit
+//! rate_limit_burst = 300
 //! [auth]
 //! hs256_secret_file = "/etc/roombox/jwt.secret"   # and/or
 //! jwks_file = "/etc/roombox/jwks.json"
+//! leeway_secs = 5        # clock skew tolerated on exp/nbf (default 5, at most 300)
 //! [sfu]
 //! udp_bind = "0.0.0.0:50000"
 //! include_loopback = true
@@ -41,6 +44,20 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct HttpConfig {
     listen: SocketAddr,
+    /// Signaling requests per minute per client address (0 = no limit); beyond, 429.
+    #[serde(default = "default_rate_per_minute")]
+    rate_limit_per_minute: u32,
+    /// Signaling requests one client address may make at once.
+    #[serde(default = "default_rate_burst")]
+    rate_limit_burst: u32,
+}
+
+fn default_rate_per_minute() -> u32 {
+    1200
+}
+
+fn default_rate_burst() -> u32 {
+    300
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +67,8 @@ struct AuthConfig {
     jwks_file: Option<PathBuf>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds (default [`crate::auth::DEFAULT_LEEWAY_SECS`]).
+    leeway_secs: Option<u64>,
 }
 
 fn load(path: &Path) -> anyhow::Result<(FileConfig, TokenVerifier)> {
@@ -80,6 +99,15 @@ fn load(path: &Path) -> anyhow::Result<(FileConfig, TokenVerifier)> {
     if let Some(a) = &cfg.auth.audience {
         v = v.with_audience(a.clone());
     }
+    if let Some(l) = cfg.auth.leeway_secs {
+        if l > crate::auth::MAX_LEEWAY_SECS {
+            bail!(
+                "auth.leeway_secs = {l}: at most {} (it extends every token's life)",
+                crate::auth::MAX_LEEWAY_SECS
+            );
+        }
+        v = v.with_leeway(l);
+    }
     Ok((cfg, v))
 }
 
@@ -109,12 +137,31 @@ pub fn run_from_config(path: &Path) -> anyhow::Result<()> {
                 }
             }),
         );
+        let rate_limited = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "sfu_http_rate_limited_total",
+                "Requests refused (429) by the per-address rate limit, by surface.",
+            ),
+            &["surface"],
+        )?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        let guard = crate::httpguard::Guard::new(crate::httpguard::GuardConfig {
+            max_body_bytes: sfu.config().limits.max_body_bytes,
+            https: false,
+            rate_limit: (cfg.http.rate_limit_per_minute > 0).then_some(crate::httpguard::RateLimit {
+                per_minute: cfg.http.rate_limit_per_minute,
+                burst: cfg.http.rate_limit_burst.max(1),
+            }),
+            limited: crate::httpguard::GuardConfig::default_surfaces,
+            rate_limited: Some(rate_limited),
+        });
+        let app = guard.layer(app);
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
             .with_context(|| format!("binding http.listen {}", cfg.http.listen))?;
         tracing::info!(http = %cfg.http.listen, udp = %sfu.udp_addr(), "sfu listening");
         let stop = sfu.clone();
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 tokio::select! {

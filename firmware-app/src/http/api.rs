@@ -31,6 +31,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/auth/logout", post(logout))
         .route("/auth/password", post(change_password))
         .route("/users/{username}/revoke", post(revoke_user))
+        .route("/auth/rotate-key", post(rotate_key))
         .route("/rooms", get(list_rooms).post(create_room))
         .route("/rooms/{room}", get(get_room))
         .route("/rooms/{room}/join", post(join_room))
@@ -59,7 +60,7 @@ pub fn routes() -> Router<SharedState> {
 #[openapi(
     info(title = "roombox API", description = "The appliance's REST API. Every error is `{\"error\": {\"code\", \"message\"}}`."),
     paths(
-        login, refresh, logout, change_password, revoke_user,
+        login, refresh, logout, change_password, revoke_user, rotate_key,
         list_rooms, create_room, get_room, join_room,
         list_participants, kick, mute,
         list_meetings, list_sessions,
@@ -68,7 +69,7 @@ pub fn routes() -> Router<SharedState> {
         list_recordings, list_audit, status,
     ),
     components(schemas(
-        ErrorBody, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
+        ErrorBody, crate::auth::KeyRotation, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
         RoomView, CreateRoom, JoinRequest, JoinResponse, Participant, ParticipantTrack, MuteRequest, MediaKind,
         TrackSourceKind, MeetingRow, SessionRow, TokenRequest, TokenResponse, DeviceState, DevicePatch,
         crate::device::MediaStatus, crate::device::PipelineStatus, crate::device::DeviceHealth,
@@ -76,10 +77,37 @@ pub fn routes() -> Router<SharedState> {
         DisplayRow, CreateDisplay, DisplayCreated, DisplayTokenRequest, DisplayToken,
         RecordingRow, AuditRow, Status, SfuStatus,
     )),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &ErrorResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
+
+/// Every operation may also answer any error status (400 bad input, 401/403,
+/// 413 body too large, 415, 422, 429 rate limited, 503, 507 storage full…),
+/// always with an [`ErrorBody`]: say so once, as each operation's `default`
+/// response, so a client (or a schema checker) knows the shape of every error.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = ResponseBuilder::new()
+            .description("An error: `{\"error\": {\"code\", \"message\"}}`")
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                op.responses.responses.entry("default".into()).or_insert_with(|| error.clone().into());
+            }
+        }
+    }
+}
 
 struct BearerScheme;
 
@@ -155,7 +183,10 @@ fn identity_name(id: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")]
     pub username: String,
+    /// At most 1024 bytes.
+    #[schema(max_length = 256)]
     pub password: String,
     /// Members name the room they join; admins get every room when absent.
     #[serde(default)]
@@ -227,8 +258,10 @@ async fn logout(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordRequest {
+    #[schema(max_length = 256)]
     pub old_password: String,
-    /// At least 10 characters.
+    /// At least 10 characters (at most 1024 bytes).
+    #[schema(min_length = 10, max_length = 256)]
     pub new_password: String,
 }
 
@@ -250,7 +283,7 @@ async fn change_password(
 
 /// Revoke every token of a user (bumps the user's token version). Admins only.
 #[utoipa::path(post, path = "/api/v1/users/{username}/revoke", tag = "auth",
-    params(("username" = String, Path)),
+    params(("username" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")),
     responses((status = 204, description = "Revoked"), (status = 404, body = ErrorBody)))]
 async fn revoke_user(
     State(s): State<SharedState>,
@@ -261,6 +294,28 @@ async fn revoke_user(
     identity_name(&username)?;
     s.auth.revoke_user(&username, &c.sub, unix_now()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate the token signing key without downtime: tokens are signed with a
+/// new key from now on; tokens signed with the old one verify until they
+/// expire. Box admins only.
+#[utoipa::path(post, path = "/api/v1/auth/rotate-key", tag = "auth",
+    responses((status = 200, body = crate::auth::KeyRotation), (status = 403, body = ErrorBody)))]
+async fn rotate_key(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+) -> Result<axum::Json<crate::auth::KeyRotation>, ApiError> {
+    need_box_admin(&c)?;
+    let r = s.auth.rotate_key(unix_now())?;
+    audit(
+        &s,
+        &c.sub,
+        "rotate_key",
+        &r.kid,
+        Some(format!("previous {} until {}", r.previous_kid, r.previous_valid_until)),
+    )
+    .await;
+    Ok(axum::Json(r))
 }
 
 // ---------------------------------------------------------------------------
@@ -312,8 +367,10 @@ async fn list_rooms(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub display_name: Option<String>,
 }
 
@@ -327,8 +384,8 @@ async fn create_room(
 ) -> Result<(StatusCode, axum::Json<RoomView>), ApiError> {
     need_box_admin(&c)?;
     room_name(&req.name)?;
-    if req.display_name.as_ref().is_some_and(|d| d.len() > 200) {
-        return Err(ApiError::bad_request("bad_request", "display_name: at most 200 bytes"));
+    if req.display_name.as_ref().is_some_and(|d| d.chars().count() > 200) {
+        return Err(ApiError::bad_request("bad_request", "display_name: at most 200 characters"));
     }
     let now = unix_now() as i64;
     let actor = c.sub.clone();
@@ -346,7 +403,7 @@ async fn create_room(
 }
 
 /// One room.
-#[utoipa::path(get, path = "/api/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")),
     responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)))]
 async fn get_room(
     State(s): State<SharedState>,
@@ -370,9 +427,11 @@ async fn get_room(
 pub struct JoinRequest {
     /// Display name shown to others.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub name: Option<String>,
     /// Renew the token of an identity this invite handed out before (`guest-` + 8 hex digits).
     #[serde(default)]
+    #[schema(pattern = "^guest-[0-9a-f]{8}$")]
     pub identity: Option<String>,
 }
 
@@ -387,7 +446,7 @@ pub struct JoinResponse {
 
 /// Exchange an invite token (identity `invite`, as in the demo's join link) or
 /// an admin token for a personal access token with a unique guest identity.
-#[utoipa::path(post, path = "/api/v1/rooms/{room}/join", tag = "rooms", params(("room" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/join", tag = "rooms", params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")),
     request_body = JoinRequest,
     responses((status = 200, body = JoinResponse), (status = 403, body = ErrorBody)))]
 async fn join_room(
@@ -511,7 +570,7 @@ impl From<TrackKind> for MediaKind {
 
 /// Who is in a room now.
 #[utoipa::path(get, path = "/api/v1/rooms/{room}/participants", tag = "participants",
-    params(("room" = String, Path)),
+    params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")),
     responses((status = 200, body = Vec<Participant>), (status = 503, description = "SFU not running", body = ErrorBody)))]
 async fn list_participants(
     State(s): State<SharedState>,
@@ -551,7 +610,7 @@ async fn list_participants(
 /// Remove a participant from a room. Room admins only. The box's own room
 /// participant cannot be removed (409): mute it instead.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/kick", tag = "participants",
-    params(("room" = String, Path), ("identity" = String, Path)),
+    params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$"), ("identity" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")),
     responses((status = 204, description = "Kicked"), (status = 404, body = ErrorBody),
         (status = 409, description = "The box's own camera and microphone", body = ErrorBody)))]
 async fn kick(
@@ -586,7 +645,7 @@ pub struct MuteRequest {
 /// For the box's own room participant this is the device switch (audio stopped
 /// at the source, the camera's privacy slate), as `PATCH /api/v1/device`.
 #[utoipa::path(post, path = "/api/v1/rooms/{room}/participants/{identity}/mute", tag = "participants",
-    params(("room" = String, Path), ("identity" = String, Path)), request_body = MuteRequest,
+    params(("room" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$"), ("identity" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")), request_body = MuteRequest,
     responses((status = 204, description = "Done"), (status = 404, body = ErrorBody)))]
 async fn mute(
     State(s): State<SharedState>,
@@ -635,7 +694,8 @@ async fn audit(s: &SharedState, actor: &str, action: &str, target: &str, detail:
 pub struct MeetingQuery {
     /// Only this room's meetings.
     pub room: Option<String>,
-    /// At most this many (default 50, max 500).
+    /// At most this many (default 50, 1 to 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -654,7 +714,7 @@ async fn list_meetings(
         }
         None => need_box_admin(&c)?,
     }
-    let limit = mq.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_of(mq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_meetings(db, mq.room.as_deref(), limit)).await?))
 }
 
@@ -676,15 +736,38 @@ async fn list_sessions(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// A room name, or `*` (every room; admin tokens only).
+    #[schema(min_length = 1, max_length = 64, pattern = "^([A-Za-z0-9_-]+|\\*)$")]
     pub room: String,
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_@-][A-Za-z0-9_.@-]*$")]
     pub identity: String,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub name: Option<String>,
     #[serde(default)]
     pub grants: GrantsDto,
-    /// Lifetime in seconds (default `auth.access_ttl`, at most `auth.max_issued_ttl`).
-    #[serde(default)]
+    /// Lifetime in seconds (default `auth.access_ttl`, at most `auth.max_issued_ttl`, 1 day by default).
+    #[serde(default, deserialize_with = "whole_seconds")]
+    #[schema(minimum = 10, maximum = 86400)]
     pub ttl_secs: Option<u64>,
+}
+
+/// A JSON number of seconds: an integer, or a float with no fraction (`600.0`
+/// is the integer 600 in JSON Schema, so clients may send it).
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v: Option<serde_json::Number> = Option::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("ttl_secs: a whole number of seconds")),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -708,6 +791,13 @@ async fn issue_token(
         room_name(&req.room)?;
     }
     identity_name(&req.identity)?;
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request("bad_request", "name: 1 to 64 printable characters"));
+    }
     need_room_admin(&c, &req.room)?;
     if req.room == "*" {
         need_box_admin(&c)?;
@@ -809,9 +899,11 @@ async fn press_button(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDisplay {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub room: String,
     /// For people (`"TV"`, `"Board room screen"`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     pub name: Option<String>,
 }
 
@@ -915,8 +1007,17 @@ async fn revoke_display(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
-    /// At most this many (default 50, max 500).
+    /// At most this many (default 50, 1 to 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+}
+
+/// A `limit` query parameter: default 50, 1 to 500 (anything else is refused, as documented).
+fn limit_of(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(50) {
+        n @ 1..=500 => Ok(n),
+        _ => Err(ApiError::bad_request("bad_query", "limit: 1 to 500")),
+    }
 }
 
 /// Recordings on the box, newest first. Admins only.
@@ -928,7 +1029,7 @@ async fn list_recordings(
     ApiQuery(lq): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<RecordingRow>>, ApiError> {
     need_box_admin(&c)?;
-    let limit = lq.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_of(lq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_recordings(db, limit)).await?))
 }
 
@@ -941,7 +1042,7 @@ async fn list_audit(
     ApiQuery(lq): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<AuditRow>>, ApiError> {
     need_box_admin(&c)?;
-    let limit = lq.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_of(lq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_audit(db, limit)).await?))
 }
 

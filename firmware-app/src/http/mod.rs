@@ -48,6 +48,18 @@ pub type SharedState = Arc<AppState>;
 /// The whole router (the SFU's signaling routes merged in).
 pub fn router(state: SharedState) -> Router {
     let max_body = state.cfg.http.max_body_bytes;
+    let http = &state.cfg.http;
+    let guard = sfu_core::httpguard::Guard::new(sfu_core::httpguard::GuardConfig {
+        // The largest body any route takes: smaller route limits still apply.
+        max_body_bytes: max_body.max(state.cfg.sfu.limits.max_body_bytes),
+        https: http.tls,
+        rate_limit: (http.rate_limit_per_minute > 0).then_some(sfu_core::httpguard::RateLimit {
+            per_minute: http.rate_limit_per_minute,
+            burst: http.rate_limit_burst,
+        }),
+        limited: sfu_core::httpguard::GuardConfig::default_surfaces,
+        rate_limited: Some(state.metrics.http_rate_limited.clone()),
+    });
     let sfu_routes = state.sfu.as_ref().map(|s| s.router());
     let metrics = state.metrics.clone();
     let mut r = Router::new()
@@ -61,6 +73,9 @@ pub fn router(state: SharedState) -> Router {
     if let Some(s) = sfu_routes {
         r = r.merge(s);
     }
+    // The guard sees every request: oversized bodies, rate limits and the security
+    // headers (CSP, HSTS, nosniff, Referrer-Policy, framing) on every response.
+    let r = guard.layer(r);
     r.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
         let metrics = metrics.clone();
         async move {
@@ -74,12 +89,8 @@ pub fn router(state: SharedState) -> Router {
                 _ => "5xx",
             };
             metrics.http_requests.with_label_values(&[class]).inc();
-            let h = resp.headers_mut();
-            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-            h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
             if api {
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
             resp
         }
@@ -274,10 +285,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(json_rejection(rej)),
+        // Every request body is a JSON object: serde would also take a struct
+        // written as an array (`[null, null]`), which the API does not document.
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rej) => return Err(json_rejection(rej)),
+        };
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", e.to_string()))
     }
 }
 
