@@ -300,3 +300,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(l: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn admits_up_to_the_per_ip_limit_counts_refusals_and_frees_slots_on_close() {
+        let registry = Registry::new();
+        let m = ConnMetrics::register(&registry).unwrap();
+        let admit = Admit::new(10, 2, m.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (c, s) = pair(&l).await;
+            let (stream, ()) = admit.accept(s, ()).into_inner().expect("under the limit");
+            held.push((c, stream));
+        }
+        assert_eq!(m.open.get(), 2);
+        let (_c, s) = pair(&l).await;
+        let e = admit.accept(s, ()).into_inner().err().expect("past the per-IP limit");
+        assert!(e.get_ref().is_some_and(|r| r.is::<Refused>()), "{e}");
+        assert_eq!(m.refused_per_ip.get(), 1);
+        // a refusal is not counted again as a handshake failure
+        m.accept_error(&e);
+        assert_eq!(m.handshake_error.get() + m.handshake_timeout.get(), 0);
+        held.pop();
+        assert_eq!(m.open.get(), 1);
+        let (_c2, s) = pair(&l).await;
+        assert!(admit.accept(s, ()).into_inner().is_ok(), "a closed connection frees its slot");
+    }
+
+    #[tokio::test]
+    async fn the_total_limit_holds_across_addresses_and_timeouts_are_counted() {
+        let registry = Registry::new();
+        let m = ConnMetrics::register(&registry).unwrap();
+        let admit = Admit::new(1, 8, m.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_c1, s1) = pair(&l).await;
+        let _a = admit.accept(s1, ()).into_inner().unwrap();
+        let (_c2, s2) = pair(&l).await;
+        assert!(admit.accept(s2, ()).into_inner().is_err());
+        assert_eq!(m.refused_total.get(), 1);
+        m.accept_error(&io::Error::new(io::ErrorKind::TimedOut, "handshake"));
+        assert_eq!(m.handshake_timeout.get(), 1);
+    }
+}
