@@ -267,15 +267,27 @@ async fn hostile_clients_are_bounded_counted_and_the_room_plays_on() -> anyhow::
         ("RTP without ICE", "unknown_peer", rtp_packet()),
     ] {
         let m0 = daemon.metrics()?;
+        let kernel0 = udp_socket_drops(udp.port())?;
         let label = format!("reason=\"{reason}\"");
         let (fps, sent) = fps_during(&viewer, udp_flood(udp, packet, 20_000)).await?;
-        let counted = wait_until(&format!("{case}: counted"), Duration::from_secs(10), async || {
-            let d = daemon.metrics()?.get("sfu_dropped_total", &label) - m0.get("sfu_dropped_total", &label);
-            ensure!(d >= sent as f64 * 0.9, "{reason} +{d} of {sent} sent");
-            Ok(d)
-        })
-        .await?;
-        println!("    {case}: {sent} datagrams sent, {counted} dropped and counted ({reason})");
+        // Every datagram is counted by the SFU, or was dropped by the kernel
+        // before it (a full socket buffer on a loaded machine): none vanish.
+        let (counted, kernel) =
+            wait_until(&format!("{case}: counted"), Duration::from_secs(10), async || {
+                let d =
+                    daemon.metrics()?.get("sfu_dropped_total", &label) - m0.get("sfu_dropped_total", &label);
+                let k = udp_socket_drops(udp.port())?.saturating_sub(kernel0);
+                ensure!(
+                    d + k as f64 >= sent as f64,
+                    "{reason} +{d} and {k} dropped by the kernel, of {sent} sent"
+                );
+                Ok((d, k))
+            })
+            .await?;
+        ensure!(counted >= sent as f64 / 2.0, "{case}: only {counted} of {sent} reached the SFU");
+        println!(
+            "    {case}: {sent} datagrams sent, {counted} dropped and counted ({reason}), {kernel} dropped by the kernel (socket buffer full)"
+        );
         check_fps(case, before, fps)?;
     }
 
@@ -449,6 +461,23 @@ async fn half_open_tls(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStre
     Ok(conns)
 }
 
+/// Datagrams the kernel dropped at the UDP socket bound to `port` (receive
+/// buffer full), from `/proc/net/udp` of this namespace.
+fn udp_socket_drops(port: u16) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/udp").context("/proc/net/udp")?;
+    let want = format!(":{port:04X}");
+    let drops: Vec<u64> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1)?.ends_with(&want)).then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .collect();
+    ensure!(!drops.is_empty(), "no UDP socket on port {port} in /proc/net/udp");
+    Ok(drops.iter().sum())
+}
+
 /// A STUN binding request with `username` (RFC 5389 header, one USERNAME attribute).
 fn stun_binding(username: &[u8]) -> Vec<u8> {
     let pad = username.len().div_ceil(4) * 4;
@@ -477,7 +506,7 @@ async fn udp_flood(to: SocketAddr, packet: Vec<u8>, n: usize) -> anyhow::Result<
     for i in 0..n {
         s.send_to(&packet, to).await?;
         if i % 200 == 199 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     Ok(n)
