@@ -117,7 +117,18 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    // libtest's options that take a value (their values are not name filters)
+    let mut filters: Vec<&String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--test-threads" | "--format" | "--color" | "--logfile" | "--skip" | "-Z" | "--report-time" => {
+                it.next();
+            }
+            s if s.starts_with('-') => {}
+            _ => filters.push(a),
+        }
+    }
     if args.iter().any(|a| a == "--ignored")
         || !(filters.is_empty() || filters.iter().any(|f| TEST_NAME.contains(f.as_str())))
     {
