@@ -44,6 +44,9 @@ pub struct PeerReport {
     pub keyframe_requests: u64,
     /// Datagram bytes received in the window.
     pub bytes_in: u64,
+    /// Chat messages sent and received over the data channel (soak publishers).
+    pub chat_sent: u64,
+    pub chat_received: u64,
 }
 
 /// Everything a host measured since the last reset.
@@ -278,6 +281,8 @@ fn report(st: &State) -> HostReport {
                 errors: p.errors,
                 keyframe_requests: kf,
                 bytes_in: p.bytes_in,
+                chat_sent: p.chat.as_ref().map_or(0, |c| c.sent),
+                chat_received: p.chat.as_ref().map_or(0, |c| c.received),
             }
         })
         .collect();

@@ -35,6 +35,7 @@ pub mod roombox;
 pub mod scenario;
 pub mod sdp;
 pub mod signal;
+pub mod soak;
 pub mod stamp;
 pub mod suite;
 pub mod tap;

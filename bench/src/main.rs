@@ -56,6 +56,35 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Soak `roomboxd` (the daemon binary, room media on): participants joining,
+    /// publishing, subscribing, chatting, muted and leaving for a bounded time;
+    /// RSS, fds, threads, SQLite and WAL sampled; a table, a CSV and an SVG plot.
+    Soak {
+        /// How long (bounded: at most 240).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 8)]
+        participants: usize,
+        /// The daemon binary; default: `roomboxd` next to this binary.
+        #[arg(long)]
+        roomboxd: Option<PathBuf>,
+        /// Sampling interval, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        every: f64,
+        /// Warm-up not judged, seconds (default: a sixth of the run, at most 300).
+        #[arg(long)]
+        warmup: Option<f64>,
+        /// Room camera WIDTHxHEIGHT@FPS.
+        #[arg(long, default_value = "640x360@15")]
+        media: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: IpAddr,
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Also write the plot here (e.g. docs/bench/soak.svg).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// The floor relay itself (started by the bench as its own process).
     Floor {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -137,6 +166,36 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Sfu { config } => sfu_core::standalone::run_from_config(&config),
         Cmd::Floor { http, udp, batch } => floor::run(FloorConfig { http, udp, batch }),
+        Cmd::Soak { minutes, participants, roomboxd, every, warmup, media, ip, out, svg } => {
+            let minutes = minutes.clamp(0.5, 240.0);
+            let roomboxd = match roomboxd {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("roomboxd"),
+            };
+            let parse = || -> Option<(u32, u32, u32)> {
+                let (size, fps) = media.split_once('@')?;
+                let (w, h) = size.split_once('x')?;
+                Some((w.parse().ok()?, h.parse().ok()?, fps.parse().ok()?))
+            };
+            let media = parse().with_context(|| format!("--media {media:?}: want WIDTHxHEIGHT@FPS"))?;
+            let duration = Duration::from_secs_f64(minutes * 60.0);
+            let warmup = warmup.map(Duration::from_secs_f64).unwrap_or((duration / 6).min(Duration::from_secs(300)));
+            let cfg = roombox_bench::soak::SoakConfig {
+                roomboxd,
+                duration,
+                participants,
+                every: Duration::from_secs_f64(every.max(1.0)),
+                warmup,
+                media,
+                ip,
+                out,
+                svg,
+            };
+            if !runtime()?.block_on(roombox_bench::soak::soak(cfg))? {
+                bail!("the soak missed its goals (see the table)");
+            }
+            Ok(())
+        }
         Cmd::Smoke(c) => runtime()?.block_on(smoke(c)),
         Cmd::Run { c, family, n, repeat } => runtime()?.block_on(run_one(c, &family, n, repeat)),
         Cmd::Suite { c, doc, repeat } => runtime()?.block_on(roombox_bench::suite::suite(

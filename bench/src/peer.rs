@@ -16,6 +16,7 @@ use str0m::crypto::CryptoProvider;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::rtp::{ExtensionValues, RtpWrite};
+use str0m::channel::ChannelId;
 use str0m::{Candidate, Event, Rtc, RtcConfig};
 
 use crate::media::{self, Kind, Profile, Source};
@@ -92,6 +93,20 @@ pub enum Role {
     Subscriber(Subscriber),
 }
 
+/// Chat over the `"chat"` data channel (the room protocol's), for soaks: one
+/// message every [`Chat::EVERY`] once the channel is open.
+#[derive(Debug, Default)]
+pub struct Chat {
+    id: Option<ChannelId>,
+    next: Option<Instant>,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Chat {
+    pub const EVERY: Duration = Duration::from_secs(5);
+}
+
 /// A synthetic client.
 pub struct Peer {
     pub label: String,
@@ -105,6 +120,8 @@ pub struct Peer {
     pub next_timeout: Instant,
     pub errors: u64,
     pub bytes_in: u64,
+    /// Some when the peer opened a chat channel (soak publishers).
+    pub chat: Option<Chat>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -146,6 +163,18 @@ impl Peer {
         profile: Profile,
         pub_id: u32,
     ) -> anyhow::Result<PendingPeer> {
+        Self::publisher_with(label, bind_ip, profile, pub_id, false)
+    }
+
+    /// [`Peer::publisher`], also opening the `"chat"` data channel and chatting
+    /// every [`Chat::EVERY`] when `chat`.
+    pub fn publisher_with(
+        label: String,
+        bind_ip: std::net::IpAddr,
+        profile: Profile,
+        pub_id: u32,
+        chat: bool,
+    ) -> anyhow::Result<PendingPeer> {
         let started = Instant::now();
         let (mut rtc, sock, local) = new_rtc_and_socket(bind_ip)?;
         let rids: Vec<Rid> = profile.layers.iter().map(|l| Rid::from(l.rid)).collect();
@@ -159,6 +188,9 @@ impl Peer {
         }
         let video_mid =
             api.add_media(MediaKind::Video, Direction::SendOnly, stream, Some("cam".into()), Some(sim));
+        if chat {
+            api.add_channel("chat".into());
+        }
         let (offer, pending) = api.apply().ok_or_else(|| anyhow!("no SDP changes to offer"))?;
         let source = Source::new(profile, started, pub_id as u16);
         let peer = Peer {
@@ -183,6 +215,7 @@ impl Peer {
             next_timeout: started,
             errors: 0,
             bytes_in: 0,
+            chat: chat.then(Chat::default),
         };
         Ok(PendingPeer { peer, pending, offer: offer.to_sdp_string() })
     }
@@ -224,6 +257,7 @@ impl Peer {
             next_timeout: started,
             errors: 0,
             bytes_in: 0,
+            chat: None,
         }
     }
 
@@ -254,6 +288,18 @@ impl Peer {
     pub fn send_due_media(&mut self, now: Instant) {
         if self.connected_at.is_none() {
             return;
+        }
+        if let Some(c) = &mut self.chat
+            && let Some(id) = c.id
+            && c.next.is_none_or(|t| t <= now)
+        {
+            c.next = Some(now + Chat::EVERY);
+            let text = format!("{{\"text\":\"{} says hello #{}\"}}", self.label, c.sent);
+            if let Some(mut ch) = self.rtc.channel(id)
+                && ch.write(false, text.as_bytes()).is_ok()
+            {
+                c.sent += 1;
+            }
         }
         let Role::Publisher(p) = &mut self.role else { return };
         if p.source.next_due() > now {
@@ -302,6 +348,16 @@ impl Peer {
         match ev {
             Event::Connected => {
                 self.connected_at.get_or_insert(now);
+            }
+            Event::ChannelOpen(id, label) if label == "chat" => {
+                if let Some(c) = &mut self.chat {
+                    c.id = Some(id);
+                }
+            }
+            Event::ChannelData(_) => {
+                if let Some(c) = &mut self.chat {
+                    c.received += 1;
+                }
             }
             Event::KeyframeRequest(_) => {
                 if let Role::Publisher(p) = &mut self.role {

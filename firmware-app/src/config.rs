@@ -99,6 +99,16 @@ pub struct HttpConfig {
     pub rate_limit_per_minute: u32,
     /// Requests one client address may make at once before the per-minute rate applies.
     pub rate_limit_burst: u32,
+    /// Connections open at once (TLS handshakes included); past it a new one is closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// A TLS handshake must finish within this time (half-open handshakes).
+    #[serde(with = "human_duration")]
+    pub tls_handshake_timeout: Duration,
+    /// A request's headers must arrive within this time (slowloris).
+    #[serde(with = "human_duration")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -113,6 +123,10 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             rate_limit_per_minute: 1200,
             rate_limit_burst: 300,
+            max_connections: 512,
+            max_connections_per_ip: 128,
+            tls_handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -301,6 +315,12 @@ impl DaemonConfig {
         }
         if self.http.cert_file.is_some() != self.http.key_file.is_some() {
             bad("http.cert_file", "set cert_file and key_file together");
+        }
+        if self.http.max_connections < 8 || self.http.max_connections_per_ip == 0 {
+            bad("http.max_connections", "max_connections must be at least 8 and max_connections_per_ip at least 1");
+        }
+        if self.http.tls_handshake_timeout.is_zero() || self.http.header_read_timeout.is_zero() {
+            bad("http.header_read_timeout", "tls_handshake_timeout and header_read_timeout must be above 0");
         }
         if self.http.max_body_bytes < 1024 {
             bad("http.max_body_bytes", "must be at least 1024");

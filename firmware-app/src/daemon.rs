@@ -251,16 +251,40 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
     let handle = axum_server::Handle::new();
     let listen = cfg.http.listen;
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    // Connection limits and timeouts (crate::connlimit): slowloris, half-open TLS handshakes.
+    let conn_metrics = crate::connlimit::ConnMetrics::register(&metrics.registry)?;
+    let admit = crate::connlimit::Admit::new(
+        cfg.http.max_connections,
+        cfg.http.max_connections_per_ip,
+        conn_metrics.clone(),
+    );
+    let on_accept_error = {
+        let m = conn_metrics.clone();
+        move |_: Option<&SocketAddr>, e: &std::io::Error| m.accept_error(e)
+    };
     let server = match &tls {
         Some(files) => {
             let rc = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
                 .await
                 .map_err(io(format!("TLS certificate {}", files.cert.display())))?;
-            let srv = axum_server::bind_rustls(listen, rc).handle(handle.clone());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rc)
+                .handshake_timeout(cfg.http.tls_handshake_timeout)
+                .acceptor(admit);
+            let mut srv = axum_server::bind(listen)
+                .acceptor(crate::connlimit::Watch::new(acceptor, &conn_metrics))
+                .accept_error_handler(on_accept_error)
+                .first_request_timeout(cfg.http.header_read_timeout)
+                .handle(handle.clone());
+            srv.http_builder().http1().header_read_timeout(cfg.http.header_read_timeout);
             tokio::spawn(srv.serve(make))
         }
         None => {
-            let srv = axum_server::bind(listen).handle(handle.clone());
+            let mut srv = axum_server::bind(listen)
+                .acceptor(crate::connlimit::Watch::new(admit, &conn_metrics))
+                .accept_error_handler(on_accept_error)
+                .first_request_timeout(cfg.http.header_read_timeout)
+                .handle(handle.clone());
+            srv.http_builder().http1().header_read_timeout(cfg.http.header_read_timeout);
             tokio::spawn(srv.serve(make))
         }
     };

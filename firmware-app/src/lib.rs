@@ -36,6 +36,7 @@
 pub mod auth;
 pub mod board;
 pub mod config;
+pub mod connlimit;
 pub mod daemon;
 pub mod device;
 pub mod events;

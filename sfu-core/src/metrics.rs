@@ -20,6 +20,12 @@ pub struct Metrics {
     /// resolved once: a flood of junk datagrams must not hash a label per packet.
     pub dropped_garbage: IntCounter,
     pub dropped_unknown_peer: IntCounter,
+    /// `dropped{reason="unknown_ufrag"}`: STUN from an unknown address whose
+    /// username names no ICE session of ours (a scan or a flood).
+    pub dropped_unknown_ufrag: IntCounter,
+    /// `dropped{reason="signaling_backlog"}`: room-protocol clients dropped
+    /// because they did not read their WebSocket (queue full or send timed out).
+    pub dropped_signaling_backlog: IntCounter,
     /// `dropped{reason="send_queue_full"}`: not queued towards a subscriber
     /// whose send queue was at its bound.
     pub dropped_send_queue_full: IntCounter,
@@ -73,9 +79,15 @@ impl Metrics {
             participants: IntGauge::new("sfu_participants", "participants in all rooms")?,
             dropped_garbage: dropped.with_label_values(&["garbage"]),
             dropped_unknown_peer: dropped.with_label_values(&["unknown_peer"]),
+            dropped_unknown_ufrag: dropped.with_label_values(&["unknown_ufrag"]),
+            dropped_signaling_backlog: dropped.with_label_values(&["signaling_backlog"]),
             dropped_send_queue_full: dropped.with_label_values(&["send_queue_full"]),
             dropped,
         };
+        // Reasons counted by name elsewhere read 0 from the start (a dashboard's `rate()` needs the series).
+        for reason in ["too_many_tracks", "chat_too_large", "chat_garbage"] {
+            m.dropped.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.forwarded_packets.clone()))?;
         registry.register(Box::new(m.forwarded_bytes.clone()))?;
         registry.register(Box::new(m.nacks.clone()))?;

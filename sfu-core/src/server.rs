@@ -115,6 +115,8 @@ struct Inner {
     tcp_addr: Option<SocketAddr>,
     /// Room-protocol WebSockets still open (shutdown waits for their goodbyes).
     sessions: tokio::sync::watch::Sender<usize>,
+    /// `sfu_dropped_total{reason="signaling_backlog"}`.
+    signaling_backlog: prometheus::IntCounter,
 }
 
 /// Counts one open WebSocket session while it lives.
@@ -205,6 +207,7 @@ impl Sfu {
             None => None,
         };
         let (mut engine, dest_map) = driver::engine_for(&config, udp_addr.port(), tcp_addr.map(|a| a.port()));
+        let signaling_backlog = metrics.dropped_signaling_backlog.clone();
         engine.set_metrics(metrics);
         let (requests_tx, requests) = mpsc::channel(4096);
         let (control_tx, control) = mpsc::unbounded_channel();
@@ -226,8 +229,14 @@ impl Sfu {
                 udp_addr,
                 tcp_addr,
                 sessions: tokio::sync::watch::channel(0).0,
+                signaling_backlog,
             }),
         })
+    }
+
+    /// A room-protocol client was dropped for not reading its socket.
+    pub(crate) fn count_signaling_backlog(&self) {
+        self.inner.signaling_backlog.inc();
     }
 
     /// A room-protocol session starts; it counts until the guard drops.

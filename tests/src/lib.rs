@@ -22,6 +22,7 @@
 
 pub mod browser;
 pub mod cdp;
+pub mod https;
 pub mod netns;
 pub mod runner;
 pub mod sfu;

@@ -171,6 +171,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
                     {
                         // a client that does not read its socket is dropped, the room goes on
                         tracing::info!(participant = id, "signaling backlog full: dropping client");
+                        engine.count_drop_signaling_backlog();
                         sinks.signals.remove(&id);
                         engine.leave(Instant::now(), id, LeaveReason::ConnectionLost);
                     }

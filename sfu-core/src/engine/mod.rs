@@ -474,7 +474,9 @@ impl Engine {
         let Some(pid) = pid else {
             self.counters.unknown_peer += 1;
             if let Some(m) = &self.metrics {
-                m.dropped_unknown_peer.inc();
+                // STUN naming no ufrag of ours (a scan, a flood) apart from
+                // media from an address that never did ICE with us
+                if is_stun { m.dropped_unknown_ufrag.inc() } else { m.dropped_unknown_peer.inc() }
             }
             return;
         };
@@ -1423,6 +1425,13 @@ impl Engine {
     /// Whether a participant's transport is connected (ICE + DTLS).
     pub fn is_connected(&self, id: ParticipantId) -> bool {
         self.participants.get(&id).is_some_and(|p| p.connected)
+    }
+
+    /// A room-protocol client was dropped because its signaling queue was full.
+    pub fn count_drop_signaling_backlog(&self) {
+        if let Some(m) = &self.metrics {
+            m.dropped_signaling_backlog.inc();
+        }
     }
 
     fn count_drop(&self, reason: &str) {

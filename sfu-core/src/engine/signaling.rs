@@ -51,6 +51,7 @@ impl Engine {
                     if !p.grants.publish {
                         self.error(id, ErrorCode::Forbidden, "your token does not allow publishing");
                     } else if tracks.len() + p.published.len() > max {
+                        self.count_drop("too_many_tracks");
                         self.error(id, ErrorCode::TooManyTracks, &format!("at most {max} tracks"));
                     } else {
                         p.pending_publish.extend(tracks);
@@ -346,7 +347,9 @@ impl Engine {
                 }
                 if p.published.len() >= self.config.limits.max_tracks_per_participant {
                     let max = self.config.limits.max_tracks_per_participant;
-                    if p.is_room_client() {
+                    let room_client = p.is_room_client();
+                    self.count_drop("too_many_tracks");
+                    if room_client {
                         self.error(
                             id,
                             ErrorCode::TooManyTracks,

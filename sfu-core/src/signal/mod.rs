@@ -241,15 +241,39 @@ async fn ws_upgrade(State(sfu): State<Sfu>, Path(room): Path<String>, ws: WebSoc
         .on_upgrade(move |s| ws_session(sfu, room, s))
 }
 
-async fn send_msg(ws: &mut WebSocket, msg: &ServerMessage) -> bool {
-    match serde_json::to_string(msg) {
-        Ok(s) => ws.send(Message::Text(s.into())).await.is_ok(),
-        Err(_) => false,
+/// A message the client has not taken within this time ends its session: a
+/// client that does not read its socket must not hold a task, a participant
+/// and its queue for ever (counted in `sfu_dropped_total{reason="signaling_backlog"}`).
+pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a message did not reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendFailed {
+    /// The socket is gone.
+    Gone,
+    /// The client did not read it within [`WS_SEND_TIMEOUT`].
+    Stalled,
+}
+
+async fn send_msg(ws: &mut WebSocket, msg: &ServerMessage) -> Result<(), SendFailed> {
+    let Ok(s) = serde_json::to_string(msg) else { return Err(SendFailed::Gone) };
+    match tokio::time::timeout(WS_SEND_TIMEOUT, ws.send(Message::Text(s.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SendFailed::Gone),
+        Err(_) => Err(SendFailed::Stalled),
     }
 }
 
-async fn ws_error(ws: &mut WebSocket, code: ErrorCode, message: String) {
-    let _ = send_msg(ws, &ServerMessage::Error { code, message }).await;
+async fn ws_error(ws: &mut WebSocket, code: ErrorCode, message: String) -> Result<(), SendFailed> {
+    send_msg(ws, &ServerMessage::Error { code, message }).await
+}
+
+/// A send failed in a joined session: count a stalled client.
+fn send_failed(sfu: &Sfu, id: u64, f: SendFailed) {
+    if f == SendFailed::Stalled {
+        tracing::info!(participant = id, "room client does not read its socket: dropping it");
+        sfu.count_signaling_backlog();
+    }
 }
 
 fn error_code(e: &SfuError) -> ErrorCode {
@@ -279,23 +303,31 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(_) => return,
         Err(_) => {
-            ws_error(&mut ws, ErrorCode::BadMessage, "send `join` first (within 10 s)".into()).await;
+            let _ = ws_error(&mut ws, ErrorCode::BadMessage, "send `join` first (within 10 s)".into()).await;
             return;
         }
     };
     let (token, auto_subscribe) = match serde_json::from_str::<ClientMessage>(&text) {
         Ok(ClientMessage::Join { token, auto_subscribe }) => (token, auto_subscribe),
         Ok(_) => {
-            return ws_error(&mut ws, ErrorCode::BadMessage, "the first message must be `join`".into()).await;
+            let _ = ws_error(&mut ws, ErrorCode::BadMessage, "the first message must be `join`".into()).await;
+            return;
         }
-        Err(e) => return ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await,
+        Err(e) => {
+            let _ = ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await;
+            return;
+        }
     };
     if !valid_name(&room) {
-        return ws_error(&mut ws, ErrorCode::BadMessage, "bad room name".into()).await;
+        let _ = ws_error(&mut ws, ErrorCode::BadMessage, "bad room name".into()).await;
+        return;
     }
     let claims = match sfu.verifier().verify_for_room(&token, &room, unix_now()) {
         Ok(c) => c,
-        Err(e) => return ws_error(&mut ws, error_code(&SfuError::Auth(e.clone())), e.to_string()).await,
+        Err(e) => {
+            let _ = ws_error(&mut ws, error_code(&SfuError::Auth(e.clone())), e.to_string()).await;
+            return;
+        }
     };
     let (sig_tx, mut sig_rx) = mpsc::channel::<ServerMessage>(512);
     let join = RemoteJoin {
@@ -314,7 +346,7 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
                 e,
                 SfuError::Overloaded { .. } | SfuError::RoomFull { .. } | SfuError::TooManyRooms { .. }
             );
-            ws_error(&mut ws, error_code(&e), e.to_string()).await;
+            let _ = ws_error(&mut ws, error_code(&e), e.to_string()).await;
             if retry {
                 let _ = send_msg(
                     &mut ws,
@@ -336,7 +368,7 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
             m = sig_rx.recv() => match m {
                 Some(m) => {
                     let end = end_code(&m);
-                    if !send_msg(&mut ws, &m).await { close = None; break; }
+                    if let Err(f) = send_msg(&mut ws, &m).await { send_failed(&sfu, id, f); close = None; break; }
                     if let Some(code) = end { reason = LeaveReason::Kicked; close = Some(code); break; }
                 }
                 None => { reason = LeaveReason::Kicked; break; } // the engine dropped us
@@ -351,9 +383,13 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
                             break;
                         }
                     }
-                    Err(e) => ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await,
+                    Err(e) => if let Err(f) = ws_error(&mut ws, ErrorCode::BadMessage, format!("bad message: {e}")).await {
+                        send_failed(&sfu, id, f); close = None; break;
+                    },
                 },
-                Some(Ok(Message::Binary(_))) => ws_error(&mut ws, ErrorCode::BadMessage, "text frames only".into()).await,
+                Some(Ok(Message::Binary(_))) => if let Err(f) = ws_error(&mut ws, ErrorCode::BadMessage, "text frames only".into()).await {
+                    send_failed(&sfu, id, f); close = None; break;
+                },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => { close = None; break; }
                 Some(Ok(_)) => {}
             },
@@ -362,7 +398,7 @@ async fn ws_session(sfu: Sfu, room: String, mut ws: WebSocket) {
     sfu.send_control(Request::Leave(id, reason));
     if let Some(code) = close {
         let frame = CloseFrame { code, reason: close_reason(code).into() };
-        if ws.send(Message::Close(Some(frame))).await.is_ok() {
+        if let Ok(Ok(())) = tokio::time::timeout(WS_SEND_TIMEOUT, ws.send(Message::Close(Some(frame)))).await {
             // wait for the client's close frame, so the socket is not reset
             // under a close frame the client has not read yet
             let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, async {
@@ -399,7 +435,7 @@ fn close_reason(code: u16) -> &'static str {
 async fn flush(ws: &mut WebSocket, sig_rx: &mut mpsc::Receiver<ServerMessage>) -> Option<u16> {
     while let Ok(m) = sig_rx.try_recv() {
         let end = end_code(&m);
-        if !send_msg(ws, &m).await {
+        if send_msg(ws, &m).await.is_err() {
             return None;
         }
         if end.is_some() {
