@@ -157,9 +157,8 @@ fn pin_mmap_threshold() {
 /// Under systemd: report what became of the last A/B update, tell systemd the daemon is ready
 /// (`Type=notify`), and ping its watchdog while the store answers. Returns the watchdog task.
 fn systemd_ready(running: &roombox::daemon::Running, data_dir: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
-    if roombox::update::updater_present() {
-        tokio::task::spawn_blocking(move || roombox::update::check_boot(&data_dir));
-    }
+    // Runs `rauc status` when an install is recorded: off the runtime's threads.
+    tokio::task::spawn_blocking(move || roombox::update::check_boot(&data_dir));
     match roombox::notify::notify("READY=1") {
         Ok(true) => tracing::info!("told systemd the daemon is ready"),
         Ok(false) => {}
