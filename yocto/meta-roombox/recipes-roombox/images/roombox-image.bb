@@ -9,7 +9,8 @@ inherit core-image
 
 IMAGE_FEATURES += "read-only-rootfs"
 # kernel-image: the kernel lives in each slot's /boot (boot.cmd loads it from the chosen slot).
-IMAGE_INSTALL:append = " roomboxd roombox-base rauc kernel-image ${ROOMBOX_KIOSK}"
+# libubootenv-bin: fw_setenv for RAUC's uboot backend (recipes-bsp/libubootenv: where the env is).
+IMAGE_INSTALL:append = " roomboxd roombox-base rauc libubootenv-bin kernel-image ${ROOMBOX_KIOSK}"
 EXTRA_IMAGEDEPENDS += "roombox-boot-script"
 # The kiosk needs a display; qemuarm64 builds leave it out (ROOMBOX_KIOSK = "").
 ROOMBOX_KIOSK ?= "roombox-kiosk"
