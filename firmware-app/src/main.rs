@@ -90,6 +90,13 @@ enum Cmd {
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Install a signed A/B update bundle from URL with RAUC (what the fleet's "install update"
+    /// command does); reboot afterwards to run it.
+    Update {
+        url: String,
+        #[arg(long, default_value = "/data/roombox")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +213,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Update { url, data_dir } => match roombox::update::install(&url, &data_dir) {
+            Ok(out) => {
+                println!("{}", out.message);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("update: {e}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Cmd::Openapi => {
             print!("{}", roombox::http::api::openapi_json_text());
             Ok(ExitCode::SUCCESS)
