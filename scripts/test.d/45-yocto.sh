@@ -22,4 +22,4 @@ if [[ ! -x $venv/bin/oelint-adv || "$(cat "$venv/.roombox-pins" 2>/dev/null)" !=
 fi
 setup_s=$((SECONDS - start))
 "$venv/bin/python" scripts/yocto-check
-echo "==> 40-yocto: passed in $((SECONDS - start)) s (venv ${setup_s} s)"
+echo "==> 45-yocto: passed in $((SECONDS - start)) s (venv ${setup_s} s)"
