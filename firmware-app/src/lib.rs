@@ -18,6 +18,8 @@
 //! | [`board`] | board profiles (`boards/*.toml`): SoC, camera, audio, GPIO lines, capacity |
 //! | [`gpio`] | the mute button and LEDs: a sans-IO panel over `embedded-hal` |
 //! | [`daemon`] | start, run, graceful shutdown; the demo |
+//! | [`update`] | A/B updates through RAUC: download, install, rollback detection at start |
+//! | [`notify`] | systemd's notify protocol: `READY=1`, watchdog pings, `STOPPING=1` |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), roombox::daemon::DaemonError> {
@@ -45,6 +47,8 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod profile;
 pub mod store;
 pub mod tls;
+pub mod update;

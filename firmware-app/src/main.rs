@@ -90,6 +90,13 @@ enum Cmd {
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Install a signed A/B update bundle from URL with RAUC (what the fleet's "install update"
+    /// command does); reboot afterwards to run it.
+    Update {
+        url: String,
+        #[arg(long, default_value = "/data/roombox")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +161,35 @@ fn pin_mmap_threshold() {
     }
 }
 
+/// Under systemd: report what became of the last A/B update, tell systemd the daemon is ready
+/// (`Type=notify`), and ping its watchdog while the store answers. Returns the watchdog task.
+fn systemd_ready(running: &roombox::daemon::Running, data_dir: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
+    // Runs `rauc status` when an install is recorded: off the runtime's threads.
+    tokio::task::spawn_blocking(move || roombox::update::check_boot(&data_dir));
+    match roombox::notify::notify("READY=1") {
+        Ok(true) => tracing::info!("told systemd the daemon is ready"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+    }
+    let store = running.state.store.clone();
+    tokio::spawn(async move {
+        let Some(every) = roombox::notify::watchdog_interval() else { return };
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            // A daemon whose store thread hangs is not healthy: let systemd restart it.
+            let alive = tokio::time::timeout(every, store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if alive {
+                let _ = roombox::notify::notify("WATCHDOG=1");
+            } else {
+                tracing::error!("the store does not answer: withholding the systemd watchdog ping");
+            }
+        }
+    })
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
@@ -177,6 +213,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Update { url, data_dir } => match roombox::update::install(&url, &data_dir) {
+            Ok(out) => {
+                println!("{}", out.message);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("update: {e}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Cmd::Openapi => {
             print!("{}", roombox::http::api::openapi_json_text());
             Ok(ExitCode::SUCCESS)
@@ -249,8 +295,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(&cfg.log.level, cfg.log.format);
             let rt = runtime()?;
             rt.block_on(async move {
+                let data_dir = cfg.data_dir.clone();
                 let running = roombox::daemon::start(cfg).await?;
+                let watchdog = systemd_ready(&running, data_dir);
                 roombox::daemon::wait_for_signal().await;
+                let _ = roombox::notify::notify("STOPPING=1");
+                watchdog.abort();
                 running.shutdown().await;
                 Ok::<_, anyhow::Error>(())
             })?;
@@ -291,7 +341,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "The certificate is self-signed: accept it once in the browser. Ctrl-C stops the demo."
                 );
                 println!();
+                let watchdog = systemd_ready(&running, info.data_dir.clone());
                 roombox::daemon::wait_for_signal().await;
+                let _ = roombox::notify::notify("STOPPING=1");
+                watchdog.abort();
                 tokio::time::timeout(Duration::from_secs(20), running.shutdown()).await.ok();
                 Ok::<_, anyhow::Error>(())
             })?;
