@@ -48,3 +48,4 @@ pub mod names;
 pub mod profile;
 pub mod store;
 pub mod tls;
+pub mod upload;

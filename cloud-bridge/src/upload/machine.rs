@@ -619,15 +619,20 @@ impl Upload {
             self.last_error = Some(f.to_string());
             return;
         }
+        let all_done = self.plan.iter().all(|p| self.done.contains_key(&p.number));
+        if matches!(f.kind, FailureKind::NoSuchUpload | FailureKind::Auth)
+            && self.phase == Phase::Uploading
+            && !self.completing
+            && all_done
+        {
+            // Complete says the upload is gone (S3: 404 NoSuchUpload; some stores,
+            // s3s-fs among them, 403): it may have completed already (before a
+            // crash, or an answer lost to a timeout). A HEAD decides.
+            self.completing = true;
+            self.last_error = Some(f.to_string());
+            return;
+        }
         if f.kind == FailureKind::NoSuchUpload {
-            let all_done = self.plan.iter().all(|p| self.done.contains_key(&p.number));
-            if self.phase == Phase::Uploading && !self.completing && all_done {
-                // Complete said the upload is gone: it may have completed before a
-                // crash. A HEAD decides.
-                self.completing = true;
-                self.last_error = Some(f.to_string());
-                return;
-            }
             // the id is dead (nothing to abort): start over
             self.upload_id = None;
             self.restart();
