@@ -1,198 +1,53 @@
 //! Recording upload against a real S3 server: `s3s-fs` (file-backed, real
-//! multipart, SigV4 checked) run by these tests in a child process (this test
-//! binary re-executed as `s3_server_child`), so it can be killed and restarted.
-//! In front of it, in the same child, a thin front that counts the parts the
-//! server accepted (`parts.log`, server side) and, when a test asks, misbehaves:
-//! 500s, a wrong ETag, a slow body.
+//! multipart, SigV4 checked) run by these tests as a child process
+//! (`roombox-s3-test-server`, tests/s3-server), so it can be killed and
+//! restarted. In front of it, in the same process, a thin front counts the
+//! parts the server accepted (`parts.log`, server side) and, when a test asks,
+//! misbehaves: 500s, a wrong ETag, a slow body.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cloud_bridge::UploadConfig;
 use cloud_bridge::upload::s3::{S3Client, load_credentials};
 use cloud_bridge::upload::{Action, Event};
 use roombox::store::{Store, StoreOptions};
 use roombox::upload::{Driver, UploadMetrics, UploadRow, queue};
 
-const CHILD_ENV: &str = "ROOMBOX_TEST_S3_ROOT";
 const AK: &str = "roombox-test";
 const SK: &str = "roombox-test-secret-0123456789";
 const BUCKET: &str = "recordings";
 const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------
-// The server (child process side).
-
-#[derive(Default)]
-struct Faults {
-    /// Fail this many part uploads with 500 before letting them through.
-    fail500: u32,
-    /// Give this part a wrong ETag once.
-    bad_etag_part: Option<u32>,
-    /// Give every part a wrong ETag.
-    bad_etag_always: bool,
-    /// Trickle the first CompleteMultipartUpload answer (1 byte / 400 ms).
-    slow_complete: bool,
-}
-
-impl Faults {
-    fn parse(s: &str) -> Faults {
-        let mut f = Faults::default();
-        for item in s.split(',').filter(|x| !x.is_empty()) {
-            let (k, v) = item.split_once('=').unwrap_or((item, ""));
-            match k {
-                "fail500" => f.fail500 = v.parse().unwrap(),
-                "bad_etag_part" => f.bad_etag_part = Some(v.parse().unwrap()),
-                "bad_etag_always" => f.bad_etag_always = true,
-                "slow_complete" => f.slow_complete = true,
-                _ => panic!("unknown fault {k}"),
-            }
-        }
-        f
-    }
-}
-
-struct Front {
-    s3: s3s::service::S3Service,
-    log: PathBuf,
-    faults: Mutex<Faults>,
-}
-
-fn log_line(path: &Path, line: &str) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-    f.write_all(format!("{line}\n").as_bytes()).unwrap();
-}
-
-/// A body that sends its bytes one at a time, 400 ms apart.
-struct Slow {
-    data: Bytes,
-    pos: usize,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl http_body::Body for Slow {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        if self.pos >= self.data.len() {
-            return Poll::Ready(None);
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                let next = tokio::time::Instant::now() + Duration::from_millis(400);
-                self.sleep.as_mut().reset(next);
-                let b = self.data.slice(self.pos..self.pos + 1);
-                self.pos += 1;
-                Poll::Ready(Some(Ok(http_body::Frame::data(b))))
-            }
-        }
-    }
-}
-
-async fn front(
-    st: Arc<Front>,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<s3s::Body>, std::convert::Infallible> {
-    let method = req.method().clone();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let part: Option<u32> = (method == hyper::Method::PUT)
-        .then(|| query.split('&').find_map(|kv| kv.strip_prefix("partNumber=")).and_then(|n| n.parse().ok()))
-        .flatten();
-    let is_complete = method == hyper::Method::POST && query.contains("uploadId=");
-    if part.is_some() {
-        let fail = {
-            let mut f = st.faults.lock().unwrap();
-            let fail = f.fail500 > 0;
-            f.fail500 = f.fail500.saturating_sub(1);
-            fail
-        };
-        if fail {
-            // read the body first, as a server does, so the client sees the answer
-            let _ = s3s::Body::from(req.into_body()).store_all_limited(64 << 20).await;
-            let body = "<Error><Code>InternalError</Code><Message>injected by the test</Message></Error>";
-            return Ok(hyper::Response::builder()
-                .status(500)
-                .body(s3s::Body::from(body.to_owned()))
-                .unwrap());
-        }
-    }
-    let mut resp = match st.s3.call(req.map(s3s::Body::from)).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Ok(hyper::Response::builder()
-                .status(500)
-                .body(s3s::Body::from(format!("{e:?}")))
-                .unwrap());
-        }
-    };
-    if let Some(n) = part
-        && resp.status().is_success()
-    {
-        log_line(&st.log, &format!("part {n}"));
-        let mut f = st.faults.lock().unwrap();
-        if f.bad_etag_always || f.bad_etag_part == Some(n) {
-            f.bad_etag_part = None;
-            resp.headers_mut().insert("etag", "\"0123456789abcdef0123456789abcdef\"".parse().unwrap());
-        }
-    }
-    if is_complete && resp.status().is_success() {
-        log_line(&st.log, "complete");
-        let slow = std::mem::take(&mut st.faults.lock().unwrap().slow_complete);
-        if slow {
-            let (parts, mut body) = resp.into_parts();
-            let data = body.store_all_limited(1 << 20).await.unwrap_or_default();
-            let sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
-            return Ok(hyper::Response::from_parts(
-                parts,
-                s3s::Body::http_body(Slow { data, pos: 0, sleep }),
-            ));
-        }
-    }
-    Ok(resp)
-}
-
-/// Not a test: the S3 server when run as a child (`CHILD_ENV` set).
-#[test]
-fn s3_server_child() {
-    let Ok(root) = std::env::var(CHILD_ENV) else { return };
-    let port: u16 = std::env::var("ROOMBOX_TEST_S3_PORT").unwrap().parse().unwrap();
-    let log = PathBuf::from(std::env::var("ROOMBOX_TEST_S3_LOG").unwrap());
-    let faults = Faults::parse(&std::env::var("ROOMBOX_TEST_S3_FAULTS").unwrap_or_default());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async move {
-        let fs = s3s_fs::FileSystem::new(&root).unwrap();
-        let mut b = s3s::service::S3ServiceBuilder::new(fs);
-        b.set_auth(s3s::auth::SimpleAuth::from_single(AK, SK));
-        let st = Arc::new(Front { s3: b.build(), log, faults: Mutex::new(faults) });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        println!("listening {}", listener.local_addr().unwrap().port());
-        std::io::stdout().flush().unwrap();
-        loop {
-            let Ok((sock, _)) = listener.accept().await else { continue };
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| front(st.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
-                    .await;
-            });
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------
 // The server (test side).
+
+/// The server binary: beside this test's directory when the workspace was
+/// built (`cargo test --workspace` builds every member's binaries); built
+/// here when only this package's tests run.
+fn s3_server_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("roombox-s3-test-server");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "--locked", "-p", "roombox-s3-test-server"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "building roombox-s3-test-server failed");
+        }
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
 
 struct S3 {
     child: Option<Child>,
@@ -212,12 +67,12 @@ impl S3 {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "s3_server_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &self.root)
-            .env("ROOMBOX_TEST_S3_PORT", self.port.to_string())
-            .env("ROOMBOX_TEST_S3_LOG", &self.log)
-            .env("ROOMBOX_TEST_S3_FAULTS", &self.faults)
+        let mut child = Command::new(s3_server_bin())
+            .arg(&self.root)
+            .arg(self.port.to_string())
+            .arg(&self.log)
+            .arg(&self.faults)
+            .args([AK, SK])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -225,9 +80,8 @@ impl S3 {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let port = loop {
             let line = lines.next().expect("the S3 child prints its port").unwrap();
-            // libtest may have written "test s3_server_child ... " before it on the line
-            if let Some(i) = line.find("listening ") {
-                break line[i + "listening ".len()..].trim().parse().unwrap();
+            if let Some(p) = line.strip_prefix("listening ") {
+                break p.trim().parse().unwrap();
             }
         };
         std::thread::spawn(move || for _ in lines {});
@@ -666,4 +520,44 @@ fn a_credentials_file_others_can_read_is_refused() {
     std::fs::write(&p, "access_key_id = 1").unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(load_credentials(&p).unwrap_err().to_string().contains("not a credentials file"));
+}
+
+/// The upload benchmark (prints numbers, asserts nothing about time): a file
+/// per bandwidth cap through the driver to the s3s-fs child on loopback;
+/// throughput = file bytes / time from queued to verified-and-deleted, and the
+/// uploader's CPU time (this process: driver, store, hashing, TLS-less HTTP).
+/// `cargo test -p firmware-app --test upload -- --ignored --nocapture upload_throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand, numbers in docs/PERFORMANCE.md § Upload"]
+async fn upload_throughput_against_the_cap() {
+    fn cpu_s() -> f64 {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    }
+    println!("cap_kbit_s  file_MiB  seconds  achieved_kbit_s  achieved/cap  cpu_s  cpu_ms_per_MiB");
+    for (i, cap) in [4_000u64, 8_000, 20_000, 50_000, 100_000, 0].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = S3::start(dir.path(), "");
+        let mut cfg = upload_cfg(&s3, dir.path(), cap);
+        cfg.part_size_mib = 8;
+        // ~8 s of data at the cap; 256 MiB uncapped
+        let mib = if cap == 0 { 256 } else { ((cap * 1000 / 8 * 8) as usize / MIB).max(4) };
+        let (store, file, _) = queued(dir.path(), &format!("bench{i}.mp4"), mib * MIB, 11 + i as u64).await;
+        let cpu0 = cpu_s();
+        let t0 = Instant::now();
+        let run = start_driver(&cfg, &store);
+        wait_done(&store, &file, 600).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_s() - cpu0;
+        run.end().await;
+        let kbit = (mib * MIB) as f64 * 8.0 / 1000.0 / secs;
+        let ratio = if cap == 0 { "-".to_owned() } else { format!("{:.3}", kbit / cap as f64) };
+        println!(
+            "{:>10}  {mib:>8}  {secs:>7.2}  {kbit:>15.0}  {ratio:>12}  {cpu:>5.2}  {:>14.1}",
+            if cap == 0 { "none".to_owned() } else { cap.to_string() },
+            cpu * 1000.0 / mib as f64
+        );
+    }
 }
