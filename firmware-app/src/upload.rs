@@ -549,3 +549,60 @@ pub async fn start(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::open_connection(&dir.path().join("t.db"), &Default::default()).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn enqueue_is_idempotent_and_a_new_key_keeps_the_old_upload_as_an_orphan() {
+        let (_d, c) = conn();
+        assert!(queue::enqueue(&c, "/r/a.mp4", "k1", 10).unwrap());
+        assert!(!queue::enqueue(&c, "/r/a.mp4", "k1", 11).unwrap(), "same file, same key: no-op");
+        let p = Progress {
+            phase: Phase::Uploading,
+            upload_id: Some("u1".into()),
+            parts: vec![DonePart { number: 1, etag: "aa".into(), size: 5 << 20 }],
+            ..Progress::new()
+        };
+        queue::save(&c, "/r/a.mp4", &p, 12, 12).unwrap();
+        let row = queue::get(&c, "/r/a.mp4").unwrap().unwrap();
+        assert_eq!(
+            (row.state.as_str(), row.upload_id.as_deref(), row.parts.len()),
+            ("uploading", Some("u1"), 1)
+        );
+        assert_eq!(queue::depth(&c).unwrap(), 1);
+        assert_eq!(queue::active_ids(&c).unwrap(), vec!["u1".to_owned()]);
+        // queued again under another key: starts over, the open upload is kept to abort
+        assert!(queue::enqueue(&c, "/r/a.mp4", "k2", 13).unwrap());
+        let row = queue::get(&c, "/r/a.mp4").unwrap().unwrap();
+        assert_eq!((row.object_key.as_str(), row.state.as_str()), ("k2", "pending"));
+        assert!(row.parts.is_empty() && row.upload_id.is_none());
+        assert_eq!(queue::orphans(&c).unwrap(), vec![("u1".to_owned(), "k1".to_owned())]);
+        queue::forget_orphan(&c, "u1").unwrap();
+        assert!(queue::orphans(&c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_due_rows_are_picked_oldest_first_and_done_rows_never() {
+        let (_d, c) = conn();
+        queue::enqueue(&c, "/r/1", "k1", 100).unwrap();
+        queue::enqueue(&c, "/r/2", "k2", 50).unwrap();
+        assert_eq!(queue::next_due(&c, 40).unwrap(), None);
+        assert_eq!(queue::next_due(&c, 100).unwrap().unwrap().path, "/r/2");
+        let done = Progress { phase: Phase::Done, ..Progress::new() };
+        queue::save(&c, "/r/2", &done, 0, 101).unwrap();
+        let parked =
+            Progress { phase: Phase::Parked, last_error: Some("auth: 403".into()), ..Progress::new() };
+        queue::save(&c, "/r/1", &parked, 5000, 101).unwrap();
+        assert_eq!(queue::next_due(&c, 4999).unwrap(), None, "parked until 5000; done never");
+        assert_eq!(queue::next_due(&c, 5000).unwrap().unwrap().state, "failed");
+        assert_eq!(queue::depth(&c).unwrap(), 1);
+    }
+}
