@@ -386,6 +386,11 @@ impl DaemonConfig {
         {
             bad("log.level", "not a valid tracing filter (e.g. \"info\" or \"roombox=debug\")");
         }
+        if let Some(u) = &self.cloud.upload {
+            for (k, m) in u.validate() {
+                p.push((format!("cloud.upload.{k}"), m));
+            }
+        }
         if let Err(problems) = self.sfu.validate() {
             for pr in problems {
                 p.push((format!("sfu.{}", pr.key), pr.problem));

@@ -322,6 +322,12 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
 
     let mut background = Vec::new();
     background.push(tokio::spawn(crate::auth::jwks_refresher(auth.clone(), shutdown_rx.clone())));
+    // Recording upload: metrics always, the driver when [cloud.upload] is set.
+    if let Some(t) =
+        crate::upload::start(cfg.cloud.upload.as_ref(), store.clone(), &metrics.registry, shutdown_rx.clone()).await?
+    {
+        background.push(t);
+    }
     {
         let store = store.clone();
         let days = cfg.store.retention_days;

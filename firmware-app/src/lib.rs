@@ -52,3 +52,4 @@ pub mod profile;
 pub mod store;
 pub mod tls;
 pub mod update;
+pub mod upload;

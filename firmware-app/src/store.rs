@@ -136,6 +136,41 @@ const MIGRATIONS: &[&str] = &[
         revoked_at   INTEGER
     );
     "#,
+    // 3: the upload queue by file (firmware-app/src/upload.rs): what the recorder
+    // finished, where it goes, and every part the store already has, so a restart
+    // resumes without sending a finished part again.
+    r#"
+    CREATE TABLE uploads (
+        path            TEXT PRIMARY KEY,
+        object_key      TEXT NOT NULL,
+        state           TEXT NOT NULL
+                        CHECK (state IN ('pending', 'uploading', 'completed', 'verified', 'done', 'failed')),
+        size            INTEGER,
+        sha256          TEXT,
+        upload_id       TEXT,
+        remote_etag     TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX uploads_due ON uploads(next_attempt_at) WHERE state <> 'done';
+    CREATE TABLE upload_parts (
+        path        TEXT NOT NULL REFERENCES uploads(path) ON DELETE CASCADE,
+        part_number INTEGER NOT NULL,
+        etag        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        PRIMARY KEY (path, part_number)
+    );
+    -- multipart uploads given up on: aborted by the cleanup when the server
+    -- cannot list its open uploads
+    CREATE TABLE upload_orphans (
+        upload_id  TEXT PRIMARY KEY,
+        object_key TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

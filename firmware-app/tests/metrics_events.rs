@@ -221,7 +221,14 @@ async fn the_grafana_dashboard_uses_only_metrics_the_daemon_exposes() {
         }
     }
     assert!(seen >= 30, "{seen}");
-    for fam in ["sfu_forwarded", "sfu_rtt", "roombox_media", "active_meetings", "meeting_participants"] {
+    for fam in [
+        "sfu_forwarded",
+        "sfu_rtt",
+        "roombox_media",
+        "active_meetings",
+        "meeting_participants",
+        "roombox_upload",
+    ] {
         assert!(families.contains(fam), "no {fam} panel: {families:?}");
     }
     let text = dash.to_string();
