@@ -46,5 +46,6 @@ pub mod media;
 pub mod metrics;
 pub mod names;
 pub mod profile;
+pub mod recording;
 pub mod store;
 pub mod tls;
