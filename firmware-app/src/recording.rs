@@ -246,10 +246,10 @@ impl Recordings {
                     Ok(r) => {
                         tracing::warn!(
                             recording = id, file = %path.display(), fragments = r.fragments,
-                            duration_ms = r.duration.as_millis() as u64, cut_bytes = r.cut(),
+                            end_ms = r.end().as_millis() as u64, cut_bytes = r.cut(),
                             "recovered a recording file left open by a crash"
                         );
-                        ("recovered", r.valid_len as i64, r.duration.as_millis() as i64, None)
+                        ("recovered", r.valid_len as i64, r.end().as_millis() as i64, None)
                     }
                     Err(recorder::Error::Empty) => ("empty", 0, 0, None),
                     Err(recorder::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -629,7 +629,7 @@ impl Writer {
             None => ("failed", 0, 0, Some("the file could not be created".to_owned())),
             Some(mut sink) => {
                 let ended = t.rec.finish(&mut sink).map_err(io_of).and_then(|done| {
-                    let ms = done.duration.as_millis() as i64;
+                    let ms = done.end.as_millis() as i64;
                     let empty = done.patch.is_none();
                     self.metrics.bytes.inc_by(done.written.bytes);
                     sink.finalise(done.written, done.patch.as_ref())?;
@@ -644,7 +644,7 @@ impl Writer {
                             Ok(r) => (
                                 "finalized",
                                 r.valid_len as i64,
-                                r.duration.as_millis() as i64,
+                                r.end().as_millis() as i64,
                                 Some(format!("cut short: {e}")),
                             ),
                             Err(recorder::Error::Empty) => ("empty", 0, 0, None),

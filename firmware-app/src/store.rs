@@ -592,6 +592,8 @@ pub struct RecordingFileRow {
     /// fragment after a crash), `failed` (not readable; left on disk) or `empty`.
     pub state: String,
     pub bytes: i64,
+    /// From the start of the recording to the end of this file's last sample
+    /// (the tracks of a recording share that time origin).
     pub duration_ms: i64,
     pub error: Option<String>,
     pub started_at: i64,

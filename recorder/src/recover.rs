@@ -34,6 +34,13 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// Where the last complete fragment ends on the recording's timeline
+    /// (every track of a recording shares its time origin, so this is how
+    /// far into the recording this file reaches).
+    pub fn end(&self) -> Duration {
+        Duration::from_nanos((self.end_dts as u128 * 1_000_000_000 / self.timescale.max(1) as u128) as u64)
+    }
+
     /// Bytes after the last complete fragment (a fragment cut by the crash).
     pub fn cut(&self) -> u64 {
         self.file_len - self.valid_len

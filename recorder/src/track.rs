@@ -29,6 +29,9 @@ pub struct Finished {
     pub patch: Option<Patch>,
     /// Media time from the first sample to the end of the last.
     pub duration: Duration,
+    /// The end of the last sample on the recording's timeline (time since
+    /// the recording started, the origin every track of it shares).
+    pub end: Duration,
 }
 
 /// Counters of what was refused or lost (for logs and metrics).
@@ -257,15 +260,9 @@ impl TrackRecorder {
         let mut written = self.process(out)?;
         let (w, patch) = self.mux.finish(out)?;
         written += w;
-        let duration = self
-            .mux
-            .span()
-            .map(|(a, b)| {
-                Duration::from_nanos(
-                    ((b - a) as u128 * 1_000_000_000 / self.codec.timescale() as u128) as u64,
-                )
-            })
-            .unwrap_or_default();
-        Ok(Finished { written, patch, duration })
+        let ts = self.codec.timescale() as u128;
+        let time = |ticks: u64| Duration::from_nanos((ticks as u128 * 1_000_000_000 / ts) as u64);
+        let (duration, end) = self.mux.span().map(|(a, b)| (time(b - a), time(b))).unwrap_or_default();
+        Ok(Finished { written, patch, duration, end })
     }
 }
