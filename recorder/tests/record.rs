@@ -162,3 +162,61 @@ fn a_timestamp_jump_is_rebased_on_the_arrival_clock_not_a_hole() {
     assert_eq!(rec.stats().rebased, 1);
     assert_eq!(done.duration, Duration::from_millis(20 * packets.len() as u64));
 }
+
+#[test]
+fn a_disk_that_fills_mid_fragment_leaves_a_file_recovery_makes_whole() {
+    let outer = tempfile::tempdir().unwrap();
+    let mnt = outer.path().join("disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32k", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the disk-full path did not run");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let packets = h264_rtp(outer.path(), 10, 1);
+    let path = mnt.join("v.mp4");
+    let mut sink = recorder::FileSink::create(&path).unwrap();
+    let mut rec = TrackRecorder::new(Codec::H264);
+    let t0 = packets[0].1;
+    let mut failure = None;
+    for (seq, ts, marker, payload) in &packets {
+        let arrival = Duration::from_micros(ts.wrapping_sub(t0) as u64 * 1_000_000 / 90_000);
+        let r = rec.push(RtpIn { seq: *seq, timestamp: *ts, marker: *marker, payload }, arrival, &mut sink);
+        match r.map_err(|e| match e {
+            Error::Io(e) => e,
+            other => panic!("{other}"),
+        }) {
+            Ok(w) => sink.commit(w).unwrap(),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failure.expect("10 s of 320x240 H.264 do not fit in 32 KiB");
+    assert_eq!(e.raw_os_error(), Some(libc_enospc()), "{e}");
+    drop(sink);
+    let r = recover_file(&path).unwrap();
+    assert!(r.fragments >= 1, "{r:?}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), r.valid_len);
+    let (codec, _, _, frames, secs) = probe(&path);
+    assert_eq!(codec, "h264");
+    assert_eq!(frames as u64, r.fragments as u64 * 30, "whole seconds of frames");
+    assert!((secs - r.end().as_secs_f64()).abs() < 0.05, "{secs} vs {:?}", r.end());
+}
+
+fn libc_enospc() -> i32 {
+    28 // ENOSPC on Linux
+}
