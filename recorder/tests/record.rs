@@ -213,7 +213,7 @@ fn a_disk_that_fills_mid_fragment_leaves_a_file_recovery_makes_whole() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), r.valid_len);
     let (codec, _, _, frames, secs) = probe(&path);
     assert_eq!(codec, "h264");
-    assert_eq!(frames as u64, r.fragments as u64 * 30, "whole seconds of frames");
+    assert_eq!(frames, r.fragments as u64 * 30, "whole seconds of frames");
     assert!((secs - r.end().as_secs_f64()).abs() < 0.05, "{secs} vs {:?}", r.end());
 }
 
