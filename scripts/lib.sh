@@ -6,8 +6,9 @@
 # without nasm openh264 builds silently as plain C++ and encodes several times slower).
 BUILD_PACKAGES="build-essential pkg-config cmake clang libclang-dev libasound2-dev ca-certificates autoconf automake libtool nasm"
 # Running every test: real peers and tools (Chromium as a WebRTC peer, network
-# namespaces, promtool for /metrics, an MQTT broker, curl as a real HTTP client).
-TEST_PACKAGES="chromium iproute2 iptables prometheus mosquitto mosquitto-clients curl"
+# namespaces, promtool for /metrics, an MQTT broker, curl as a real HTTP client,
+# ffprobe from ffmpeg for recordings).
+TEST_PACKAGES="chromium iproute2 iptables prometheus mosquitto mosquitto-clients curl ffmpeg"
 
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then

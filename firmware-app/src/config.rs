@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     pub media: crate::media::MediaConfig,
     /// Links to the outside (all off by default).
     pub cloud: cloud_bridge::CloudConfig,
+    /// Server-side recording: where files go, the free-space floor.
+    pub recording: crate::recording::RecordingConfig,
     /// The `[media]` keys the file wrote (filled by [`load_str`]); with a board
     /// profile these keep the file's values, the others take the board's.
     #[serde(skip)]
@@ -70,6 +72,7 @@ impl Default for DaemonConfig {
             sfu: sfu_core::SfuConfig::default(),
             media: crate::media::MediaConfig::default(),
             cloud: cloud_bridge::CloudConfig::default(),
+            recording: crate::recording::RecordingConfig::default(),
             media_keys: Vec::new(),
         }
     }

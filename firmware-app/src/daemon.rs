@@ -97,6 +97,8 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
         let _ = self.shutdown_tx.send(true);
+        // Recordings first: every file finalised while the SFU still runs.
+        self.state.recordings.stop_all("shutdown").await;
         // The room's camera and microphone first: they leave the room while the SFU still runs.
         self.state.device.stop().await;
         if let Some(sfu) = &self.state.sfu {
@@ -236,6 +238,21 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
     }
     start_panel(board.as_ref(), &device);
 
+    // Recordings: files a crash left open are cut after their last complete fragment first.
+    let recordings = Arc::new(crate::recording::Recordings::new(
+        &data_dir,
+        cfg.recording.clone(),
+        store.clone(),
+        &metrics.registry,
+        Some(device.clone()),
+        sfu.clone(),
+    )?);
+    match recordings.recover().await {
+        Ok(r) if !r.is_empty() => tracing::warn!(recordings = r.len(), "recovered recordings left open by a crash"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "recovering recordings failed; the next start tries again"),
+    }
+
     let state: SharedState = Arc::new(AppState {
         cfg: cfg.clone(),
         auth: auth.clone(),
@@ -245,6 +262,7 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
         device,
         started: Instant::now(),
         server_id,
+        recordings,
     });
     let app = crate::http::router(state.clone());
 

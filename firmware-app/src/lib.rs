@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod names;
 pub mod notify;
 pub mod profile;
+pub mod recording;
 pub mod store;
 pub mod tls;
 pub mod update;

@@ -171,6 +171,25 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 4: the per-track files of a recording (`recordings.path` is their directory).
+    r#"
+    CREATE TABLE recording_files (
+        id           INTEGER PRIMARY KEY,
+        recording_id INTEGER NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        track        TEXT NOT NULL,
+        identity     TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        codec        TEXT NOT NULL,
+        path         TEXT NOT NULL UNIQUE,
+        state        TEXT NOT NULL CHECK (state IN ('recording', 'finalized', 'recovered', 'failed', 'empty')),
+        bytes        INTEGER NOT NULL DEFAULT 0,
+        duration_ms  INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        started_at   INTEGER NOT NULL,
+        ended_at     INTEGER
+    );
+    CREATE INDEX recording_files_recording ON recording_files(recording_id);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -588,6 +607,32 @@ pub struct RecordingRow {
     pub ended_at: Option<i64>,
     /// Upload state when queued (`pending`, `uploading`, `done`, `failed`).
     pub upload: Option<String>,
+}
+
+/// One track's file of a recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RecordingFileRow {
+    pub id: i64,
+    pub recording_id: i64,
+    /// The room's track id.
+    pub track: String,
+    /// Who published it.
+    pub identity: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// `H264`, `VP8` or `opus`.
+    pub codec: String,
+    pub path: String,
+    /// `recording`, `finalized`, `recovered` (cut after its last complete
+    /// fragment after a crash), `failed` (not readable; left on disk) or `empty`.
+    pub state: String,
+    pub bytes: i64,
+    /// From the start of the recording to the end of this file's last sample
+    /// (the tracks of a recording share that time origin).
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
 }
 
 /// A display credential (the secret itself is never stored, only its SHA-256).
@@ -1067,6 +1112,109 @@ pub mod q {
                     started_at: r.get(5)?,
                     ended_at: r.get(6)?,
                     upload: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// A recording's state and size when it ends (`finalized`, `recovered`, `failed`).
+    pub fn end_recording(c: &Connection, id: i64, state: &str, bytes: i64, at: i64) -> Result<(), StoreError> {
+        let n = c.execute(
+            "UPDATE recordings SET state = ?2, bytes = ?3, ended_at = ?4 WHERE id = ?1",
+            params![id, state, bytes, at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("recording {id}")));
+        }
+        Ok(())
+    }
+
+    /// Recordings a crash left open (state `recording`), oldest first.
+    pub fn open_recordings(c: &Connection) -> Result<Vec<RecordingRow>, StoreError> {
+        let mut st = c.prepare_cached(
+            "SELECT id, room, path, state, bytes, started_at, ended_at, NULL FROM recordings
+             WHERE state = 'recording' ORDER BY id",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(RecordingRow {
+                    id: r.get(0)?,
+                    room: r.get(1)?,
+                    path: r.get(2)?,
+                    state: r.get(3)?,
+                    bytes: r.get(4)?,
+                    started_at: r.get(5)?,
+                    ended_at: r.get(6)?,
+                    upload: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_recording_file(
+        c: &Connection,
+        recording_id: i64,
+        track: &str,
+        identity: &str,
+        kind: &str,
+        codec: &str,
+        path: &str,
+        at: i64,
+    ) -> Result<i64, StoreError> {
+        c.execute(
+            "INSERT INTO recording_files(recording_id, track, identity, kind, codec, path, state, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'recording', ?7)",
+            params![recording_id, track, identity, kind, codec, path, at],
+        )?;
+        Ok(c.last_insert_rowid())
+    }
+
+    /// A file's end: its state, size, duration and (for `failed`) why.
+    pub fn end_recording_file(
+        c: &Connection,
+        id: i64,
+        state: &str,
+        bytes: i64,
+        duration_ms: i64,
+        error: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let n = c.execute(
+            "UPDATE recording_files SET state = ?2, bytes = ?3, duration_ms = ?4, error = ?5, ended_at = ?6
+             WHERE id = ?1",
+            params![id, state, bytes, duration_ms, error, at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("recording file {id}")));
+        }
+        Ok(())
+    }
+
+    pub fn list_recording_files(c: &Connection, recording_id: i64) -> Result<Vec<RecordingFileRow>, StoreError> {
+        let mut st = c.prepare_cached(
+            "SELECT id, recording_id, track, identity, kind, codec, path, state, bytes, duration_ms, error,
+                    started_at, ended_at
+             FROM recording_files WHERE recording_id = ?1 ORDER BY id",
+        )?;
+        let rows = st
+            .query_map([recording_id], |r| {
+                Ok(RecordingFileRow {
+                    id: r.get(0)?,
+                    recording_id: r.get(1)?,
+                    track: r.get(2)?,
+                    identity: r.get(3)?,
+                    kind: r.get(4)?,
+                    codec: r.get(5)?,
+                    path: r.get(6)?,
+                    state: r.get(7)?,
+                    bytes: r.get(8)?,
+                    duration_ms: r.get(9)?,
+                    error: r.get(10)?,
+                    started_at: r.get(11)?,
+                    ended_at: r.get(12)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

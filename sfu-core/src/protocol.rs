@@ -155,6 +155,14 @@ pub enum ServerMessage {
         /// Identity of the current active speaker, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         active_speaker: Option<String>,
+        /// The room is being recorded: show the recording banner (absent = false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recording: bool,
+    },
+    /// The room started (`true`) or stopped (`false`) being recorded: show or
+    /// hide the recording banner.
+    Recording {
+        recording: bool,
     },
     ParticipantJoined {
         participant: ParticipantInfo,

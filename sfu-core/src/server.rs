@@ -333,6 +333,14 @@ impl Sfu {
         self.request(|reply| Request::Mute { room, identity, kind, muted, reply }).await?
     }
 
+    /// Mark a room as being recorded (or not): every room-protocol client and
+    /// local participant gets `recording`, and `joined` carries the flag for
+    /// whoever joins while it is set. The flag lives as long as the room.
+    pub async fn set_room_recording(&self, room: &str, recording: bool) -> Result<(), SfuError> {
+        let room = room.to_string();
+        self.request(|reply| Request::SetRecording { room, recording, reply }).await?
+    }
+
     /// Tell every peer, close every connection, stop the driver. Returns once
     /// every room-protocol client was sent `closing` and a close frame (code
     /// 1001, going away) — or after [`SHUTDOWN_FLUSH`] — and WHIP/WHEP and

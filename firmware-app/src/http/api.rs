@@ -48,6 +48,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/displays/token", post(display_token))
         .route("/displays/{id}", axum::routing::delete(revoke_display))
         .route("/recordings", get(list_recordings))
+        .route("/rooms/{room}/recording", get(get_recording).post(start_recording).delete(stop_recording))
+        .route("/recordings/{id}/files", get(list_recording_files))
         .route("/audit", get(list_audit))
         .route("/status", get(status))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
@@ -67,6 +69,7 @@ pub fn routes() -> Router<SharedState> {
         issue_token, get_device, patch_device, get_gpio, press_button,
         list_displays, create_display, display_token, revoke_display,
         list_recordings, list_audit, status,
+        get_recording, start_recording, stop_recording, list_recording_files,
     ),
     components(schemas(
         ErrorBody, crate::auth::KeyRotation, TokenPair, GrantsDto, LoginRequest, RefreshRequest, PasswordRequest,
@@ -76,6 +79,7 @@ pub fn routes() -> Router<SharedState> {
         GpioState, GpioLed, GpioButton, ButtonRequest, ButtonAction,
         DisplayRow, CreateDisplay, DisplayCreated, DisplayTokenRequest, DisplayToken,
         RecordingRow, AuditRow, Status, SfuStatus,
+        crate::recording::RecordingView, crate::store::RecordingFileRow, RecordingState,
     )),
     modifiers(&BearerScheme, &ErrorResponses),
     security(("bearer" = [])),
@@ -1031,6 +1035,99 @@ async fn list_recordings(
     need_box_admin(&c)?;
     let limit = limit_of(lq.limit)?;
     Ok(axum::Json(s.store.call(move |db| q::list_recordings(db, limit)).await?))
+}
+
+fn need_record(c: &Claims, room: &str) -> Result<(), ApiError> {
+    need_room(c, room)?;
+    // the box's administrator (room "*", admin) may record any room too (the admin page)
+    if c.grants.record || (c.room == "*" && c.grants.admin) {
+        Ok(())
+    } else {
+        Err(sfu_core::auth::AuthError::MissingGrant("record").into())
+    }
+}
+
+impl From<crate::recording::RecordingError> for ApiError {
+    fn from(e: crate::recording::RecordingError) -> Self {
+        use crate::recording::RecordingError as E;
+        let (status, code) = match &e {
+            E::AlreadyRecording { .. } => (StatusCode::CONFLICT, "already_recording"),
+            E::NotRecording(_) => (StatusCode::NOT_FOUND, "not_recording"),
+            E::InsufficientStorage { .. } => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            E::SfuUnavailable => return ApiError::sfu_unavailable(),
+            E::Store(_) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "recording_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Whether a room is being recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingState {
+    pub room: String,
+    pub recording: bool,
+    /// The running recording's id.
+    pub id: Option<i64>,
+}
+
+/// Is the room being recorded? Anyone with a token for the room.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/recording", tag = "recordings",
+    params(("room" = String, Path)), responses((status = 200, body = RecordingState)))]
+async fn get_recording(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(room): ApiPath<String>,
+) -> Result<axum::Json<RecordingState>, ApiError> {
+    room_name(&room)?;
+    need_room(&c, &room)?;
+    let id = s.recordings.active_id(&room);
+    Ok(axum::Json(RecordingState { room, recording: id.is_some(), id }))
+}
+
+/// Start recording the room: one fragmented MP4 per published track (the room
+/// camera and microphone included), fsynced every second. Needs the `record`
+/// grant for the room (or the box administrator's token). 507 when free space is under `recording.min_free_mib`.
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/recording", tag = "recordings",
+    params(("room" = String, Path)),
+    responses((status = 201, body = crate::recording::RecordingView), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
+async fn start_recording(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(room): ApiPath<String>,
+) -> Result<(StatusCode, axum::Json<crate::recording::RecordingView>), ApiError> {
+    room_name(&room)?;
+    need_record(&c, &room)?;
+    let v = s.recordings.start(&room, &c.sub).await?;
+    Ok((StatusCode::CREATED, axum::Json(v)))
+}
+
+/// Stop recording the room; returns once every file is finalised. Needs the `record` grant.
+#[utoipa::path(delete, path = "/api/v1/rooms/{room}/recording", tag = "recordings",
+    params(("room" = String, Path)),
+    responses((status = 200, body = crate::recording::RecordingView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn stop_recording(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(room): ApiPath<String>,
+) -> Result<axum::Json<crate::recording::RecordingView>, ApiError> {
+    room_name(&room)?;
+    need_record(&c, &room)?;
+    Ok(axum::Json(s.recordings.stop(&room, &c.sub).await?))
+}
+
+/// The per-track files of a recording. Admins only.
+#[utoipa::path(get, path = "/api/v1/recordings/{id}/files", tag = "recordings",
+    params(("id" = i64, Path)), responses((status = 200, body = Vec<crate::store::RecordingFileRow>)))]
+async fn list_recording_files(
+    State(s): State<SharedState>,
+    Bearer(c): Bearer,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<axum::Json<Vec<crate::store::RecordingFileRow>>, ApiError> {
+    need_box_admin(&c)?;
+    Ok(axum::Json(s.store.call(move |db| q::list_recording_files(db, id)).await?))
 }
 
 /// The audit log, newest first. Admins only.

@@ -41,6 +41,8 @@ pub struct AppState {
     pub device: Arc<Device>,
     pub started: Instant,
     pub server_id: String,
+    /// Server-side recordings (start/stop, crash recovery).
+    pub recordings: Arc<crate::recording::Recordings>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -62,6 +62,10 @@ async function start(tokens) {
   refreshLive();
   refreshDevice();
   refreshDisplays();
+  refreshRecordings();
+  $('#rec-form').onsubmit = (e) => { e.preventDefault(); recording('POST'); };
+  $('#rec-stop').onclick = () => recording('DELETE');
+  timers.push(setInterval(refreshRecordings, LIVE_EVERY_MS));
   timers.push(setInterval(refreshLive, LIVE_EVERY_MS), setInterval(refreshDevice, DEVICE_EVERY_MS));
 }
 
@@ -259,6 +263,43 @@ async function revokeDisplay(d) {
     showStatus(err.message, 'error');
   }
   refreshDisplays();
+}
+
+// ---- recordings --------------------------------------------------------------
+
+async function recording(method) {
+  const room = $('#rec-room').value.trim();
+  if (!room) return;
+  try {
+    const r = await call(method, `/rooms/${encodeURIComponent(room)}/recording`);
+    showStatus(method === 'POST' ? `Recording ${room} (recording ${r.id}).` : `Recording ${r.id} stopped: ${r.files.length} file(s).`);
+  } catch (err) {
+    showStatus(err.message, 'error');
+  }
+  refreshRecordings();
+}
+
+function refreshRecordings() {
+  return section($('#recordings'), async () => {
+    const list = (await call('GET', '/recordings?limit=20')) || [];
+    if (!$('#rec-room').value) {
+      const rooms = (await call('GET', '/rooms')) || [];
+      if (rooms.length) $('#rec-room').value = rooms[0].name;
+    }
+    if (!list.length) {
+      $('#recordings').replaceChildren(h('p', { class: 'muted' }, 'No recordings yet.'));
+      return;
+    }
+    const when = (t) => (t ? new Date(t * 1000).toLocaleString() : '…');
+    const mib = (b) => `${(b / 1048576).toFixed(1)} MiB`;
+    $('#recordings').replaceChildren(h('table', {},
+      h('thead', {}, h('tr', {}, ['#', 'Room', 'State', 'Started', 'Ended', 'Size', 'Upload'].map((c) => h('th', {}, c)))),
+      h('tbody', {}, list.map((r) => h('tr', {},
+        h('td', {}, String(r.id)), h('td', {}, r.room), h('td', {}, r.state),
+        h('td', {}, when(r.started_at)), h('td', {}, when(r.ended_at)), h('td', {}, mib(r.bytes)),
+        h('td', {}, r.upload || '—'),
+      )))));
+  });
 }
 
 // ---- device ----------------------------------------------------------------

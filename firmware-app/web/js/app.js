@@ -11,6 +11,7 @@ import { Grid } from './grid.js';
 import { ChatPanel } from './chat.js';
 import { QualityBadge } from './quality.js';
 import { registerServiceWorker, showStatus, show } from './ui.js';
+import { api } from './api.js';
 
 const $ = (sel) => document.querySelector(sel);
 const NAME_KEY = 'roombox.name';
@@ -95,7 +96,12 @@ async function join(startErrors, name = null) {
   if (media.audio) session.publish('mic', media.audio, { source: 'microphone' });
   if (media.video) session.publish('camera', media.video, { source: 'camera', simulcast: true });
 
-  grid = new Grid($('#grid'), session, { selfVideo: () => media.video, speakerId: media.prefs.speakerId });
+  grid = new Grid($('#grid'), session, {
+    selfVideo: () => media.video,
+    speakerId: media.prefs.speakerId,
+    // the box's recorder is a participant with nothing to show (the banner says it is there)
+    showParticipant: (identity) => identity !== 'roombox-recorder',
+  });
   new QualityBadge($('#quality'), session);
   const chat = new ChatPanel($('#chat'), session, (n) => {
     $('#unread').hidden = n === 0;
@@ -109,6 +115,23 @@ async function join(startErrors, name = null) {
     updateButtons();
   });
   session.addEventListener('local-tracks', updateButtons);
+  session.addEventListener('recording', ({ detail }) => {
+    $('#rec-banner').hidden = !detail.recording;
+    const b = $('#btn-record');
+    b.setAttribute('aria-pressed', String(detail.recording));
+    b.textContent = detail.recording ? 'Stop recording' : 'Record';
+  });
+  // host control: whoever holds the record grant starts and stops the recording
+  const grants = (jwtClaims(keeper.current()) || {}).grants || {};
+  $('#btn-record').hidden = !grants.record;
+  $('#btn-record').addEventListener('click', async () => {
+    const path = `/rooms/${encodeURIComponent(link.room)}/recording`;
+    try {
+      await api(keeper.current(), session.recording ? 'DELETE' : 'POST', path);
+    } catch (err) {
+      showStatus(`Recording: ${err.message}`, 'error');
+    }
+  });
   session.addEventListener('error', ({ detail }) => showStatus(detail.message, 'error'));
   media.addEventListener('screen-ended', () => {
     session.unpublish('screen');

@@ -48,7 +48,11 @@ async function run() {
     autoSubscribe: false,
     wantTrack: (t) => t.kind === 'video',
   });
-  const grid = new Grid($('#grid'), session, { audio: false });
+  const grid = new Grid($('#grid'), session, { audio: false, showParticipant: (identity) => identity !== 'roombox-recorder' });
+  // the people in the room see that they are recorded, as the remote ones do
+  session.addEventListener('recording', ({ detail }) => {
+    $('#rec-banner').hidden = !detail.recording;
+  });
   window.roombox = { session, grid, keeper };
   $('#idle-room').textContent = link.room;
   document.title = `${link.room} — roombox display`;

@@ -363,6 +363,10 @@ export class RoomSession extends EventTarget {
         this._emit('quality', this.serverQuality);
         return;
       case 'muted_by_admin': return this._onMutedByAdmin(msg);
+      case 'recording':
+        this.recording = !!msg.recording;
+        this._emit('recording', { recording: this.recording });
+        return;
       case 'pong':
         this.lastPong = Date.now();
         return;
@@ -385,6 +389,9 @@ export class RoomSession extends EventTarget {
     this.participants.clear();
     for (const p of msg.participants) this._upsertParticipant(p);
     this.activeSpeaker = msg.active_speaker ?? null;
+    // consent: the banner shows from the first moment of a recorded meeting
+    this.recording = !!msg.recording;
+    this._emit('recording', { recording: this.recording });
 
     const pc = new RTCPeerConnection({
       iceServers: (msg.ice_servers || []).map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),

@@ -69,6 +69,11 @@ pub(crate) enum Request {
         muted: bool,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    SetRecording {
+        room: String,
+        recording: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -347,6 +352,9 @@ fn handle(engine: &mut Engine, sinks: &mut Sinks, req: Request, shutdown: &mut O
         }
         Request::Mute { room, identity, kind, muted, reply } => {
             let _ = reply.send(engine.admin_mute(now, &room, &identity, kind, muted));
+        }
+        Request::SetRecording { room, recording, reply } => {
+            let _ = reply.send(engine.set_recording(&room, recording));
         }
         Request::Shutdown(reply) => {
             engine.shutdown(now);

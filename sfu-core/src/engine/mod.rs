@@ -334,6 +334,8 @@ struct Room {
     flushed_packets: u64,
     flushed_bytes: u64,
     next_track_no: u64,
+    /// Someone records this room (consent banner for every participant).
+    recording: bool,
 }
 
 /// Counters of the engine's life (see [`SfuStats`]).
@@ -586,6 +588,7 @@ impl Engine {
             flushed_packets: 0,
             flushed_bytes: 0,
             next_track_no: 1,
+            recording: false,
         };
         self.rooms.insert(key.clone(), room);
         if let Some(m) = &self.metrics {
@@ -897,6 +900,15 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Set the room's `recording` flag and tell everyone in it when it changes.
+    pub fn set_recording(&mut self, room: &str, recording: bool) -> Result<(), SfuError> {
+        let r = self.rooms.get_mut(room).ok_or_else(|| SfuError::NoSuchRoom(room.to_string()))?;
+        if std::mem::replace(&mut r.recording, recording) != recording {
+            self.broadcast(room, ServerMessage::Recording { recording }, None);
+        }
+        Ok(())
+    }
+
     /// Server-side mute of a participant's tracks of `kind`.
     pub fn admin_mute(
         &mut self,
@@ -1166,6 +1178,7 @@ impl Engine {
             participants: others,
             ice_servers: self.config.ice_servers.clone(),
             active_speaker: active,
+            recording: room.is_some_and(|r| r.recording),
         }
     }
 

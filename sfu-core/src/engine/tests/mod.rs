@@ -2063,3 +2063,54 @@ fn a_subscriber_on_a_slow_link_costs_a_bounded_send_queue() {
         late.len()
     );
 }
+
+#[test]
+fn the_recording_flag_reaches_everyone_now_and_whoever_joins_later() {
+    let mut sim = Sim::new(SfuConfig::default());
+    let a = sim.add_client();
+    ws_join(&mut sim, a, "ann");
+    let rec = sim
+        .engine
+        .join_local(
+            sim.now,
+            LocalJoin {
+                room: "r".into(),
+                identity: "recorder".into(),
+                name: None,
+                publish: vec![],
+                subscribe: LocalSubscription::All,
+            },
+        )
+        .unwrap();
+    sim.drain_engine();
+    assert!(matches!(sim.engine.set_recording("nope", true), Err(SfuError::NoSuchRoom(_))));
+    sim.engine.set_recording("r", true).unwrap();
+    sim.engine.set_recording("r", true).unwrap(); // no change, no second message
+    sim.drain_engine();
+    let banners = |sim: &Sim, ci: usize| {
+        sim.clients[ci]
+            .signals
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Recording { recording: true }))
+            .count()
+    };
+    assert_eq!(banners(&sim, a), 1);
+    assert!(
+        sim.locals.iter().any(|(i, e)| *i == rec
+            && matches!(e, LocalEvent::Signal(ServerMessage::Recording { recording: true })))
+    );
+    // a late joiner learns it from `joined`
+    let b = sim.add_client();
+    ws_join(&mut sim, b, "ben");
+    assert!(matches!(sim.clients[b].signals[0], ServerMessage::Joined { recording: true, .. }));
+    let json = serde_json::to_string(&sim.clients[b].signals[0]).unwrap();
+    assert!(json.contains("\"recording\":true"), "{json}");
+    sim.engine.set_recording("r", false).unwrap();
+    sim.drain_engine();
+    for ci in [a, b] {
+        assert!(matches!(
+            sim.clients[ci].signals.last(),
+            Some(ServerMessage::Recording { recording: false })
+        ));
+    }
+}
