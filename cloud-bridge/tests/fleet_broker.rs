@@ -307,3 +307,107 @@ async fn offline_for_30_s_then_back_delivers_the_buffered_result_once_and_the_li
     let rec = host.records.lock().unwrap().iter().find(|r| r.id == "upd-1").cloned().unwrap();
     assert!(rec.result.is_some_and(|r| r.ok), "the command log holds the result");
 }
+
+/// Runs the operator CLI with the operator's certificate.
+fn cli(s: &Setup, op: &support::ClientFiles, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roombox-fleet"))
+        .args(["--broker", &s.broker.addr()])
+        .arg("--ca")
+        .arg(&op.ca)
+        .arg("--cert")
+        .arg(&op.cert)
+        .arg("--key")
+        .arg(&op.key)
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_makes_keys_lists_devices_sends_commands_and_pushes_config() {
+    let mut s = setup("box-a");
+    let op = s.pki.client(OPERATOR);
+    let keys = s.pki.dir.join("authority");
+    let (code, out, err) = cli(&s, &op, &["keygen", "--out", keys.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out[0]["algorithm"], "EdDSA");
+    // keygen never overwrites a private key.
+    assert_ne!(cli(&s, &op, &["keygen", "--out", keys.to_str().unwrap()]).0, 0);
+    // The box pins the CLI's public key.
+    s.cfg.authority_key_file = keys.join("authority.pub.pem");
+    let host = Arc::new(TestHost::default());
+    let (_link, _stop) = start_link(&s, host.clone());
+    let mut operator = TestClient::connect(&s.broker.addr(), &op, "op").await;
+    operator.subscribe("roombox/box-a/#").await;
+    operator.wait_for(10, "state", |m| m.topic == "roombox/box-a/state").await;
+
+    let (code, out, err) = run_blocking(&s, &op, &["list", "--wait", "2"]).await;
+    assert_eq!(code, 0, "{err}");
+    let dev = out.iter().find(|d| d["device"] == "box-a").unwrap_or_else(|| panic!("{out:?}"));
+    assert_eq!(
+        (dev["status"].as_str(), &dev["state"]["rooms"]),
+        (Some("online"), &serde_json::json!(["room"]))
+    );
+
+    let key = keys.join("authority.key.pem");
+    let send = [
+        "send",
+        "--device",
+        "box-a",
+        "--authority-key",
+        key.to_str().unwrap(),
+        "--name",
+        "mute",
+        "--args",
+        r#"{"mic":true}"#,
+        "--id",
+        "cli-1",
+    ];
+    let (code, out, err) = run_blocking(&s, &op, &send).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((out[0]["id"].as_str(), out[0]["ok"].as_bool()), (Some("cli-1"), Some(true)));
+    assert_eq!(host.runs.lock().unwrap()[0].args, serde_json::json!({"mic": true}));
+    // The CLI acknowledged the result: the retained copy is cleared.
+    operator
+        .wait_for(10, "cleared", |m| m.topic == "roombox/box-a/cmd/mute/result" && m.payload.is_empty())
+        .await;
+    // The same id with other claims is a replay: refused, exit 1, not run.
+    let mut replay = send;
+    replay[8] = r#"{"mic":false}"#;
+    let (code, out, _) = run_blocking(&s, &op, &replay).await;
+    assert_eq!((code, out[0]["refused"].as_str()), (1, Some("replayed_id")), "{out:?}");
+    assert_eq!(host.runs.lock().unwrap().len(), 1);
+
+    let file = s.pki.dir.join("desired.toml");
+    std::fs::write(&file, "room = \"r\"\n").unwrap();
+    let push = [
+        "push-config",
+        "--devices",
+        "box-a,box-z",
+        "--file",
+        file.to_str().unwrap(),
+        "--version",
+        "v9",
+        "--wait",
+        "3",
+    ];
+    let (code, out, _) = run_blocking(&s, &op, &push).await;
+    assert_eq!(code, 2, "box-z does not exist: {out:?}");
+    let a = out.iter().find(|o| o["device"] == "box-a").unwrap();
+    assert_eq!(a["report"]["status"], "applied");
+    assert_eq!(out.iter().find(|o| o["device"] == "box-z").unwrap()["error"], "no report in time");
+}
+
+async fn run_blocking(
+    s: &Setup,
+    op: &support::ClientFiles,
+    args: &[&str],
+) -> (i32, Vec<serde_json::Value>, String) {
+    // The CLI is a separate process; wait for it without blocking the runtime's other worker.
+    tokio::task::block_in_place(|| cli(s, op, args))
+}
