@@ -79,7 +79,7 @@ pub fn routes() -> Router<SharedState> {
         GpioState, GpioLed, GpioButton, ButtonRequest, ButtonAction,
         DisplayRow, CreateDisplay, DisplayCreated, DisplayTokenRequest, DisplayToken,
         RecordingRow, AuditRow, Status, SfuStatus,
-        crate::recording::RecordingView, crate::store::RecordingFileRow, RecordingState,
+        crate::recording::RecordingView, crate::store::RecordingFileRow, RecordingState, crate::fleet::FleetStatus,
     )),
     modifiers(&BearerScheme, &ErrorResponses),
     security(("bearer" = [])),
