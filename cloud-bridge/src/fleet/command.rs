@@ -303,9 +303,11 @@ mod tests {
             )
         };
         let good = s.sign(&ok).unwrap();
-        let mut tampered = good.clone();
-        tampered.pop();
-        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        // One signature character in the middle flipped (the last one may only hold padding bits).
+        let mut tampered = good.clone().into_bytes();
+        let i = tampered.len() - 20;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
         let cases: Vec<(String, Vec<u8>, Refusal)> = vec![
             ("too large".into(), vec![b'a'; MAX_COMMAND_BYTES + 1], Refusal::TooLarge),
             ("empty".into(), vec![], Refusal::Unsigned),
