@@ -27,6 +27,10 @@ impl Host for TestHost {
     async fn run(&self, cmd: Command) -> Result<Outcome, String> {
         self.runs.lock().unwrap().push(cmd.clone());
         self.started.notify_one();
+        if cmd.name == "rotate_certificate" {
+            // The test has put new files in place; the link reconnects with them.
+            return Ok(Outcome { message: "rotated".into(), reconnect: true });
+        }
         if cmd.name == "install_update"
             && let Some(g) = &self.gate
         {
@@ -410,4 +414,38 @@ async fn run_blocking(
 ) -> (i32, Vec<serde_json::Value>, String) {
     // The CLI is a separate process; wait for it without blocking the runtime's other worker.
     tokio::task::block_in_place(|| cli(s, op, args))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_certificate_rotation_the_link_reconnects_with_the_new_certificate() {
+    let s = setup("box-a");
+    let op = s.pki.client(OPERATOR);
+    let host = Arc::new(TestHost::default());
+    let (link, _stop) = start_link(&s, host.clone());
+    let mut operator = TestClient::connect(&s.broker.addr(), &op, "op").await;
+    operator.subscribe("roombox/box-a/#").await;
+    operator.wait_for(10, "online", |m| m.topic == "roombox/box-a/status" && m.text() == "online").await;
+    let old_cert = std::fs::read(&s.cfg.cert_file).unwrap();
+    // A new certificate and key for the same device, where the config points.
+    let fresh = s.pki.client("box-a");
+    assert_ne!(std::fs::read(&fresh.cert).unwrap(), old_cert);
+    let token = s.signer.sign(&claims("box-a", "rot-1", "rotate_certificate", unix_now() + 60)).unwrap();
+    operator.publish("roombox/box-a/cmd/rotate_certificate", token, false).await;
+    let r =
+        operator.wait_for(10, "result", |m| m.topic == "roombox/box-a/cmd/rotate_certificate/result").await;
+    assert_eq!(r.json()["ok"], true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while link.status.lock().unwrap().stats.reconnects < 1 || !link.status.lock().unwrap().stats.connected {
+        assert!(std::time::Instant::now() < deadline, "no reconnect: {:?}", link.status.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still commandable over the new connection.
+    let token = s.signer.sign(&claims("box-a", "m-9", "mute", unix_now() + 60)).unwrap();
+    operator.publish("roombox/box-a/cmd/mute", token, false).await;
+    operator
+        .wait_for(10, "mute result", |m| {
+            m.topic == "roombox/box-a/cmd/mute/result" && m.json()["id"] == "m-9"
+        })
+        .await;
+    assert_eq!(host.runs.lock().unwrap().len(), 2);
 }
