@@ -280,3 +280,36 @@ fn other_topics_are_ignored() {
         assert!(f.link.handle(Event::Message { topic: t, payload: b"x" }, NOW).is_empty(), "{t}");
     }
 }
+
+#[test]
+fn mutated_tokens_never_run() {
+    // What the fleet_command fuzz target checks, on a fixed pseudo-random sample (CI runs no fuzzer).
+    let (mut f, _) = connected();
+    let good = token(&f, "c-1", "mute").into_bytes();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..3000 {
+        let mut t = good.clone();
+        for _ in 0..=(next() % 3) {
+            let i = (next() as usize) % t.len();
+            match next() % 3 {
+                0 => t[i] ^= 1 << (next() % 8),
+                1 => {
+                    t.remove(i);
+                }
+                _ => t.insert(i, b"A.-_=/{}"[(next() % 8) as usize]),
+            }
+        }
+        if t == good {
+            continue;
+        }
+        let a = f.link.handle(Event::Message { topic: "roombox/box-1/cmd/mute", payload: &t }, NOW);
+        assert!(runs(&a).is_empty(), "a mutated token ran: {:?}", String::from_utf8_lossy(&t));
+    }
+    assert_eq!(f.link.stats().commands_run, 0);
+}
