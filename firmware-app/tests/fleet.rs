@@ -130,8 +130,9 @@ async fn roomboxd_runs_signed_commands_applies_desired_config_and_leaves_a_last_
         (
             "u-1",
             "install_update",
-            serde_json::json!({"bundle_url": "https://u/b.raucb"}),
-            "no updater on this system",
+            // The updater (update.rs) fetches first: an unreachable bundle fails with its reason.
+            serde_json::json!({"bundle_url": "https://127.0.0.1:9/b.raucb"}),
+            "cannot fetch the bundle",
         ),
     ] {
         operator.publish(&format!("roombox/box-1/cmd/{name}"), sign(id, name, args), false).await;
