@@ -13,9 +13,19 @@
 //! configuration shape so the daemon's config file already has a place for them.
 //! [`upload`] is the first: a sans-IO multipart state machine, a token bucket,
 //! retry with jitter, and the S3 edge (SigV4 over `reqwest`).
+//!
+//! The fleet link lives in [`fleet`]: a sans-IO core ([`fleet::FleetLink`]: MQTT
+//! events, commands and ticks in with `now`, publishes / commands to run /
+//! configs to apply out), JWT command verification ([`fleet::command`]) and a
+//! thin `rumqttc` driver ([`fleet::driver`]). The operator's side is the
+//! `roombox-fleet` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
 pub mod upload;
 
 /// The daemon's `[cloud]` table. Every link is off unless configured.
@@ -122,10 +132,115 @@ impl UploadConfig {
     }
 }
 
-/// The MQTT broker (filled in by the fleet issue).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[cloud.fleet]`: fleet control over MQTT (see `docs/fleet.md`). Absent = off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
+    /// The on-prem broker, `HOST:PORT` (TLS always; 8883 is MQTT over TLS).
     pub broker: String,
+    /// This box's id: its topics are `roombox/{device_id}/...`; the broker's
+    /// ACL ties it to the client certificate's common name.
     pub device_id: String,
+    /// CA certificate (PEM) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// This box's client certificate (PEM; common name = `device_id`).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM). `rotate_certificate` replaces both files.
+    pub key_file: PathBuf,
+    /// The fleet authority's public key (PEM): commands must be JWTs it signed.
+    pub authority_key_file: PathBuf,
+    /// `EdDSA` (Ed25519) or `ES256` (P-256).
+    pub authority_algorithm: AuthorityAlgorithm,
+    /// How often telemetry is published (retained state is re-published when it changes).
+    #[serde(with = "secs")]
+    pub telemetry_interval: Duration,
+    /// MQTT keep-alive; the broker publishes the last will after 1.5 x this without a word.
+    #[serde(with = "secs")]
+    pub keep_alive: Duration,
+    /// Commands whose `exp` is further away than this are refused (bounds the replay log).
+    #[serde(with = "secs")]
+    pub max_command_ttl: Duration,
+    /// Messages held while the broker is unreachable; telemetry is dropped first, results never.
+    pub offline_buffer: usize,
+    /// Let the `reboot` command run `systemctl reboot`. Off: the command reports that it is not allowed.
+    pub allow_reboot: bool,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            broker: String::new(),
+            device_id: String::new(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            authority_key_file: PathBuf::new(),
+            authority_algorithm: AuthorityAlgorithm::EdDSA,
+            telemetry_interval: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(30),
+            max_command_ttl: Duration::from_secs(24 * 3600),
+            offline_buffer: 256,
+            allow_reboot: false,
+        }
+    }
+}
+
+/// The fleet authority's signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthorityAlgorithm {
+    EdDSA,
+    ES256,
+}
+
+impl FleetConfig {
+    /// Every problem, as `(key relative to [cloud.fleet], problem)`.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut bad = |k: &str, m: &str| p.push((k.to_owned(), m.to_owned()));
+        if !fleet::valid_device_id(&self.device_id) {
+            bad("device_id", "1-64 characters: letters, digits, '-', '_' and '.'");
+        }
+        match self.broker.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => bad("broker", "HOST:PORT of the MQTT broker (TLS), e.g. mqtt.example.internal:8883"),
+        }
+        for (k, v) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+            ("authority_key_file", &self.authority_key_file),
+        ] {
+            if v.as_os_str().is_empty() {
+                bad(k, "required (a PEM file)");
+            }
+        }
+        if self.telemetry_interval < Duration::from_secs(1) {
+            bad("telemetry_interval", "at least 1 (seconds)");
+        }
+        if self.keep_alive < Duration::from_secs(5) || self.keep_alive > Duration::from_secs(3600) {
+            bad("keep_alive", "between 5 and 3600 (seconds)");
+        }
+        if self.max_command_ttl < Duration::from_secs(10) || self.max_command_ttl > Duration::from_secs(30 * 24 * 3600) {
+            bad("max_command_ttl", "between 10 and 2592000 (seconds)");
+        }
+        if self.offline_buffer < 8 {
+            bad("offline_buffer", "at least 8");
+        }
+        p
+    }
+}
+
+/// Durations written as whole seconds.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
 }

@@ -55,6 +55,10 @@ pub struct DaemonConfig {
     /// profile these keep the file's values, the others take the board's.
     #[serde(skip)]
     pub media_keys: Vec<String>,
+    /// The file this config was read from (`roomboxd run --config`); the fleet
+    /// link writes a desired config there. `None` when built in code.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -74,6 +78,7 @@ impl Default for DaemonConfig {
             cloud: cloud_bridge::CloudConfig::default(),
             recording: crate::recording::RecordingConfig::default(),
             media_keys: Vec::new(),
+            config_file: None,
         }
     }
 }
@@ -392,6 +397,11 @@ impl DaemonConfig {
         if let Some(u) = &self.cloud.upload {
             for (k, m) in u.validate() {
                 p.push((format!("cloud.upload.{k}"), m));
+            }
+        }
+        if let Some(f) = &self.cloud.fleet {
+            for (k, m) in f.validate() {
+                p.push((format!("cloud.fleet.{k}"), m));
             }
         }
         if let Err(problems) = self.sfu.validate() {
@@ -812,6 +822,8 @@ audio = { source = "webcam" }
         }
         let mut keys = Vec::new();
         walk(&defaults, "", &mut keys);
+        // Tables that are absent by default (off) still document their keys.
+        walk(&toml::Table::try_from(cloud_bridge::FleetConfig::default()).unwrap(), "cloud.fleet", &mut keys);
         for key in keys {
             let leaf = key.rsplit('.').next().unwrap();
             assert!(text.contains(&format!("{leaf} =")), "docs/roombox.example.toml does not document {key}");

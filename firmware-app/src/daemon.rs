@@ -253,6 +253,17 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
         Err(e) => tracing::error!(error = %e, "recovering recordings failed; the next start tries again"),
     }
 
+    // The fleet link (off unless `[cloud.fleet]` is configured).
+    let (fleet, fleet_task) = crate::fleet::start(
+        cfg.clone(),
+        store.clone(),
+        device.clone(),
+        sfu.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )
+    .await;
+
     let state: SharedState = Arc::new(AppState {
         cfg: cfg.clone(),
         auth: auth.clone(),
@@ -263,6 +274,7 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
         started: Instant::now(),
         server_id,
         recordings,
+        fleet,
     });
     let app = crate::http::router(state.clone());
 
@@ -339,6 +351,7 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
     };
 
     let mut background = Vec::new();
+    background.extend(fleet_task);
     background.push(tokio::spawn(crate::auth::jwks_refresher(auth.clone(), shutdown_rx.clone())));
     // Recording upload: metrics always, the driver when [cloud.upload] is set.
     if let Some(t) =

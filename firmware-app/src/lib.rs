@@ -20,6 +20,7 @@
 //! | [`daemon`] | start, run, graceful shutdown; the demo |
 //! | [`update`] | A/B updates through RAUC: download, install, rollback detection at start |
 //! | [`notify`] | systemd's notify protocol: `READY=1`, watchdog pings, `STOPPING=1` |
+//! | [`fleet`] | the MQTT fleet link wired in: signed commands, desired config, telemetry, state |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), roombox::daemon::DaemonError> {
@@ -42,6 +43,7 @@ pub mod connlimit;
 pub mod daemon;
 pub mod device;
 pub mod events;
+pub mod fleet;
 pub mod gpio;
 pub mod http;
 pub mod media;

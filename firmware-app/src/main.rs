@@ -283,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("cannot read the config {}", config.display()))?;
             let overrides = Overrides { board, data_dir, listen };
-            let cfg = match config::load_str(&text, &overrides) {
+            let mut cfg = match config::load_str(&text, &overrides) {
                 Ok(c) => c,
                 Err(problems) => {
                     for p in &problems {
@@ -292,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     bail!("{} problem(s) in {}", problems.len(), config.display());
                 }
             };
+            cfg.config_file = Some(config.clone());
             init_logging(&cfg.log.level, cfg.log.format);
             let rt = runtime()?;
             rt.block_on(async move {

@@ -79,7 +79,7 @@ pub fn routes() -> Router<SharedState> {
         GpioState, GpioLed, GpioButton, ButtonRequest, ButtonAction,
         DisplayRow, CreateDisplay, DisplayCreated, DisplayTokenRequest, DisplayToken,
         RecordingRow, AuditRow, Status, SfuStatus,
-        crate::recording::RecordingView, crate::store::RecordingFileRow, RecordingState,
+        crate::recording::RecordingView, crate::store::RecordingFileRow, RecordingState, crate::fleet::FleetStatus,
     )),
     modifiers(&BearerScheme, &ErrorResponses),
     security(("bearer" = [])),
@@ -1171,6 +1171,8 @@ pub struct Status {
     pub device: DeviceState,
     /// Meetings open now.
     pub active_meetings: i64,
+    /// The MQTT fleet link.
+    pub fleet: crate::fleet::FleetStatus,
 }
 
 /// Version, uptime, store, SFU and device health. Admins of the box's room.
@@ -1200,5 +1202,6 @@ async fn status(State(s): State<SharedState>, Bearer(c): Bearer) -> Result<axum:
         sfu,
         device: s.device.state(),
         active_meetings: s.metrics.active_meetings(),
+        fleet: s.fleet.status(),
     }))
 }

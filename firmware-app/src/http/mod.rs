@@ -43,6 +43,8 @@ pub struct AppState {
     pub server_id: String,
     /// Server-side recordings (start/stop, crash recovery).
     pub recordings: Arc<crate::recording::Recordings>,
+    /// The MQTT fleet link's state (off unless `[cloud.fleet]` is configured).
+    pub fleet: crate::fleet::FleetView,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -61,12 +61,14 @@ async function start(tokens) {
   $('#link-copy').onclick = () => navigator.clipboard.writeText($('#link-text').value).then(() => showStatus('Copied.'));
   refreshLive();
   refreshDevice();
+  refreshFleet();
   refreshDisplays();
   refreshRecordings();
   $('#rec-form').onsubmit = (e) => { e.preventDefault(); recording('POST'); };
   $('#rec-stop').onclick = () => recording('DELETE');
   timers.push(setInterval(refreshRecordings, LIVE_EVERY_MS));
   timers.push(setInterval(refreshLive, LIVE_EVERY_MS), setInterval(refreshDevice, DEVICE_EVERY_MS));
+  timers.push(setInterval(refreshFleet, DEVICE_EVERY_MS));
 }
 
 function signOut() {
@@ -318,6 +320,27 @@ function refreshDevice() {
         d.camera_off ? 'Turn room camera on' : 'Turn room camera off'));
     }
     $('#device').replaceChildren(...items, h('dt', { class: 'visually-hidden' }, 'switches'), h('dd', { class: 'row' }, toggles));
+  });
+}
+
+// ---- fleet link (MQTT) -----------------------------------------------------
+
+function refreshFleet() {
+  return section($('#fleet'), async () => {
+    const f = ((await call('GET', '/status')) || {}).fleet || {};
+    if (!f.enabled) {
+      $('#fleet').replaceChildren(h('p', { class: 'muted' }, 'Off: no [cloud.fleet] in the config (air-gapped default).'));
+      return;
+    }
+    const rows = [
+      ['state', f.state], ['broker', f.broker], ['device id', f.device_id],
+      ['connected since', f.connected_at ? new Date(f.connected_at * 1000).toLocaleString() : '—'],
+      ['messages in / out', `${f.messages_in} / ${f.messages_out}`], ['reconnects', f.reconnects],
+      ['buffered while offline', f.buffered], ['desired config', f.config_version || '—'],
+      ['refused commands', Object.entries(f.refused || {}).map(([k, v]) => `${k.replace(/_/g, ' ')}: ${v}`).join(', ') || 'none'],
+    ];
+    if (f.last_error) rows.push(['last error', f.last_error]);
+    $('#fleet').replaceChildren(...rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v ?? '—'))]));
   });
 }
 
