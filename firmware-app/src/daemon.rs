@@ -258,6 +258,7 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
         cfg.clone(),
         store.clone(),
         device.clone(),
+        recordings.clone(),
         sfu.clone(),
         metrics.clone(),
         shutdown_rx.clone(),

@@ -27,11 +27,26 @@ use crate::device::Device;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-/// What the recording command says until the recorder is wired here.
-/// The lead points this at the recorder when it lands.
-pub fn recording_command(start: bool) -> Result<String, String> {
-    let _ = start;
-    Err("recording is not available on this build".into())
+/// `start_recording` / `stop_recording`: the same recorder as the REST API
+/// (`args.room`, default the box's own room), audited with actor `fleet`.
+async fn recording_command(
+    recordings: &Arc<crate::recording::Recordings>,
+    default_room: &str,
+    start: bool,
+    args: &serde_json::Value,
+) -> Result<String, String> {
+    let room = match args.get("room") {
+        None | Some(serde_json::Value::Null) => default_room.to_owned(),
+        Some(serde_json::Value::String(r)) if !r.is_empty() => r.clone(),
+        Some(_) => return Err("args.room must be a room name".into()),
+    };
+    if start {
+        let v = recordings.start(&room, "fleet").await.map_err(|e| e.to_string())?;
+        Ok(format!("recording {} started in room {}", v.id, v.room))
+    } else {
+        let v = recordings.stop(&room, "fleet").await.map_err(|e| e.to_string())?;
+        Ok(format!("recording {} in room {} {}", v.id, v.room, v.state))
+    }
 }
 
 /// What the cascade commands say until the cascade lands.
@@ -107,6 +122,7 @@ struct DaemonHost {
     fleet: FleetConfig,
     store: Store,
     device: Arc<Device>,
+    recordings: Arc<crate::recording::Recordings>,
     sfu: Option<sfu_core::Sfu>,
     metrics: Arc<Metrics>,
     sampler: Mutex<Sampler>,
@@ -117,6 +133,7 @@ pub async fn start(
     cfg: Arc<DaemonConfig>,
     store: Store,
     device: Arc<Device>,
+    recordings: Arc<crate::recording::Recordings>,
     sfu: Option<sfu_core::Sfu>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -142,6 +159,7 @@ pub async fn start(
         fleet: fleet.clone(),
         store,
         device,
+        recordings,
         sfu,
         metrics: metrics.clone(),
         sampler: Mutex::new(Sampler::default()),
@@ -225,8 +243,12 @@ impl Host for DaemonHost {
     async fn run(&self, cmd: Command) -> Result<Outcome, String> {
         let a = &cmd.args;
         match cmd.name.as_str() {
-            "start_recording" => recording_command(true).map(Outcome::done),
-            "stop_recording" => recording_command(false).map(Outcome::done),
+            "start_recording" => {
+                recording_command(&self.recordings, &self.cfg.room, true, a).await.map(Outcome::done)
+            }
+            "stop_recording" => {
+                recording_command(&self.recordings, &self.cfg.room, false, a).await.map(Outcome::done)
+            }
             "mute" => {
                 let mic = arg_bool(a, "mic")?.unwrap_or(true);
                 self.device.set_mic_muted(mic);

@@ -173,9 +173,13 @@ pub async fn on_file_final_async(store: &Store, path: &Path, object_key: &str) {
 
 fn log_queued(path: &Path, object_key: &str, r: Result<bool, crate::store::StoreError>) {
     match r {
-        Ok(_) => tracing::info!(path = %path.display(), object_key, "recording file final, queued for upload"),
+        Ok(_) => {
+            tracing::info!(path = %path.display(), object_key, "recording file final, queued for upload")
+        }
         // the file stays on disk and its row says where it is: nothing lost
-        Err(e) => tracing::error!(path = %path.display(), object_key, error = %e, "recording file final, but queueing its upload failed"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), object_key, error = %e, "recording file final, but queueing its upload failed")
+        }
     }
 }
 

@@ -122,9 +122,30 @@ async fn roomboxd_runs_signed_commands_applies_desired_config_and_leaves_a_last_
     let rec = roombox::fleet::stored_record(&db, "m-1").unwrap().expect("the command is in the store");
     assert!(rec.result.is_some_and(|r| r.ok));
 
+    // Recording through the fleet: the same recorder as the REST API.
+    for (id, name, want) in [
+        ("r-1", "start_recording", "started in room demo"),
+        ("r-2", "stop_recording", "in room demo finalized"),
+    ] {
+        operator
+            .publish(&format!("roombox/box-1/cmd/{name}"), sign(id, name, serde_json::Value::Null), false)
+            .await;
+        let topic = format!("roombox/box-1/cmd/{name}/result");
+        let r = operator.wait_for(20, name, |m| m.topic == topic && m.json()["id"] == id).await.json();
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(r["message"].as_str().unwrap().contains(want), "{r}");
+    }
+    let recorded: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit_log WHERE actor = 'fleet' AND action LIKE 'recording_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(recorded, 2, "start and stop are audited as the fleet's");
+
     // The commands whose parts are not on this build say so.
     for (id, name, args, want) in [
-        ("r-1", "start_recording", serde_json::Value::Null, "recording is not available on this build"),
         ("j-1", "join_meeting", serde_json::json!({"url": "https://x"}), "cascade not available yet"),
         ("b-1", "reboot", serde_json::Value::Null, "reboot is not allowed on this box"),
         (

@@ -294,8 +294,11 @@ async fn kill_9_mid_recording_then_every_file_is_recovered_and_plays() {
         c.get(format!("{base}/api/v1/audit")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
     assert!(audit.as_array().unwrap().iter().any(|a| a["action"] == "recording_recovered"), "{audit}");
     // every recovered file waits in the upload queue under <room>/<id>/<file>
-    let db = rusqlite::Connection::open_with_flags(data.join("roombox.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("roombox.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
     for f in files {
         let path = f["path"].as_str().unwrap();
         let (key, state): (String, String) = db
