@@ -106,8 +106,9 @@ pub(crate) fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
     }
     r.ue()?; // max_num_ref_frames
     r.bit()?;
-    let w_mbs = r.ue()? + 1;
-    let h_units = r.ue()? + 1;
+    // sizes from a peer's SPS: every step checked (a forged ue() is up to 2^32-1)
+    let w_mbs = r.ue()?.checked_add(1)?;
+    let h_units = r.ue()?.checked_add(1)?;
     let frame_mbs_only = r.bit()?;
     if frame_mbs_only == 0 {
         r.bit()?;
@@ -126,8 +127,9 @@ pub(crate) fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
         2 => (2, 2 - frame_mbs_only),
         _ => (1, 2 - frame_mbs_only),
     };
-    let w = (w_mbs * 16).checked_sub((cl + cr).checked_mul(cx)?)?;
-    let h = (h_units * 16 * (2 - frame_mbs_only)).checked_sub((ct + cb).checked_mul(cy)?)?;
+    let w = w_mbs.checked_mul(16)?.checked_sub(cl.checked_add(cr)?.checked_mul(cx)?)?;
+    let h =
+        h_units.checked_mul(16 * (2 - frame_mbs_only))?.checked_sub(ct.checked_add(cb)?.checked_mul(cy)?)?;
     Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
 }
 
@@ -142,5 +144,31 @@ mod tests {
         ];
         assert_eq!(super::sps_size(&sps720), Some((1280, 720)));
         assert_eq!(super::sps_size(&[0x67]), None);
+    }
+
+    #[test]
+    fn a_forged_sps_with_huge_sizes_is_refused_not_a_panic() {
+        // found by the `recovery` fuzz target: pic_height_in_map_units_minus1 = 2^32-2
+        // overflowed `h_units * 16`. Baseline profile, every ue() before the sizes 0,
+        // then width 0 (1 MB) and a 63-bit-long ue() for the height.
+        let mut bits = String::from("1"); // seq_parameter_set_id = 0
+        bits += "1"; // log2_max_frame_num_minus4 = 0
+        bits += "1"; // pic_order_cnt_type = 0
+        bits += "1"; // log2_max_pic_order_cnt_lsb_minus4 = 0
+        bits += "1"; // max_num_ref_frames = 0
+        bits += "0"; // gaps_in_frame_num_value_allowed_flag
+        bits += "1"; // pic_width_in_mbs_minus1 = 0
+        bits += &"0".repeat(31); // pic_height_in_map_units_minus1 = 2^32 - 2: 31 zeros, then
+        bits += &format!("{:032b}", u32::MAX); // 1 and 31 ones
+        bits += "1100000"; // frame_mbs_only, direct_8x8, no cropping, padding
+        let mut sps = vec![0x67, 0x42, 0xc0, 0x1f];
+        for chunk in bits.as_bytes().chunks(8) {
+            let mut b = 0u8;
+            for (i, c) in chunk.iter().enumerate() {
+                b |= ((*c == b'1') as u8) << (7 - i);
+            }
+            sps.push(b);
+        }
+        assert_eq!(super::sps_size(&sps), None);
     }
 }
