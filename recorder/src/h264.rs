@@ -77,7 +77,8 @@ pub(crate) fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
+                            // delta_scale is -128..=127 in a valid SPS; a forged one is not
+                            next = (i64::from(last) + i64::from(r.se()?)).rem_euclid(256) as i32;
                         }
                         last = if next == 0 { last } else { next };
                     }
@@ -169,6 +170,35 @@ mod tests {
             }
             sps.push(b);
         }
+        assert_eq!(super::sps_size(&sps), None);
+    }
+
+    #[test]
+    fn a_forged_scaling_list_delta_is_not_a_panic() {
+        // found by the `recovery` fuzz target: a scaling-list delta of -2^31 overflowed
+        // `last + delta + 256`. High profile (100), scaling matrix present, list 0
+        // present with a 63-bit ue() as its first delta (se = -(2^31 - 1)).
+        let mut bits = String::from("1"); // sps id 0
+        bits += "010"; // chroma_format_idc = 1
+        bits += "1"; // bit_depth_luma_minus8 = 0
+        bits += "1"; // bit_depth_chroma_minus8 = 0
+        bits += "0"; // qpprime_y_zero_transform_bypass_flag
+        bits += "1"; // seq_scaling_matrix_present_flag
+        bits += "1"; // seq_scaling_list_present_flag[0]
+        bits += &"0".repeat(31);
+        bits += &format!("{:032b}", u32::MAX - 1); // ue = 2^32 - 3 (odd: se = 2^31 - 1)
+        bits += &"0".repeat(31);
+        bits += &format!("{:032b}", u32::MAX); // ue = 2^32 - 2 (even: se = -(2^31 - 1))
+        bits += "1111111"; // padding: more deltas of 0
+        let mut sps = vec![0x67, 100, 0x00, 0x1f];
+        for chunk in bits.as_bytes().chunks(8) {
+            let mut b = 0u8;
+            for (i, c) in chunk.iter().enumerate() {
+                b |= ((*c == b'1') as u8) << (7 - i);
+            }
+            sps.push(b);
+        }
+        // no panic; the truncated SPS has no size
         assert_eq!(super::sps_size(&sps), None);
     }
 }
