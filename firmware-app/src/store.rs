@@ -1102,20 +1102,23 @@ pub mod q {
              ORDER BY r.started_at DESC, r.id DESC LIMIT ?1",
         )?;
         let rows = st
-            .query_map([limit], |r| {
-                Ok(RecordingRow {
-                    id: r.get(0)?,
-                    room: r.get(1)?,
-                    path: r.get(2)?,
-                    state: r.get(3)?,
-                    bytes: r.get(4)?,
-                    started_at: r.get(5)?,
-                    ended_at: r.get(6)?,
-                    upload: r.get(7)?,
-                })
-            })?
+            .query_map([limit], recording_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// A `recordings` row selected as (id, room, path, state, bytes, started_at, ended_at, upload).
+    fn recording_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordingRow> {
+        Ok(RecordingRow {
+            id: r.get(0)?,
+            room: r.get(1)?,
+            path: r.get(2)?,
+            state: r.get(3)?,
+            bytes: r.get(4)?,
+            started_at: r.get(5)?,
+            ended_at: r.get(6)?,
+            upload: r.get(7)?,
+        })
     }
 
     /// A recording's state and size when it ends (`finalized`, `recovered`, `failed`).
@@ -1137,18 +1140,7 @@ pub mod q {
              WHERE state = 'recording' ORDER BY id",
         )?;
         let rows = st
-            .query_map([], |r| {
-                Ok(RecordingRow {
-                    id: r.get(0)?,
-                    room: r.get(1)?,
-                    path: r.get(2)?,
-                    state: r.get(3)?,
-                    bytes: r.get(4)?,
-                    started_at: r.get(5)?,
-                    ended_at: r.get(6)?,
-                    upload: r.get(7)?,
-                })
-            })?
+            .query_map([], recording_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
