@@ -95,6 +95,7 @@ const MIGRATIONS: &[&str] = &[
         started_at INTEGER NOT NULL,
         ended_at   INTEGER
     );
+    -- superseded by migration 3's per-file `uploads`; nothing writes it any more
     CREATE TABLE upload_queue (
         id              INTEGER PRIMARY KEY,
         recording_id    INTEGER NOT NULL UNIQUE REFERENCES recordings(id) ON DELETE CASCADE,
@@ -1068,37 +1069,19 @@ pub mod q {
         Ok(c.last_insert_rowid())
     }
 
-    /// Finalize a recording and queue it for upload, in one transaction.
-    pub fn finalize_recording(
-        c: &Connection,
-        id: i64,
-        bytes: i64,
-        at: i64,
-        queue_upload: bool,
-    ) -> Result<(), StoreError> {
-        atomic(c, |tx| {
-            let n = tx.execute(
-                "UPDATE recordings SET state = 'finalized', bytes = ?2, ended_at = ?3 WHERE id = ?1",
-                params![id, bytes, at],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("recording {id}")));
-            }
-            if queue_upload {
-                tx.execute(
-                    "INSERT INTO upload_queue(recording_id, state, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, 'pending', ?2, ?2, ?2) ON CONFLICT(recording_id) DO NOTHING",
-                    params![id, at],
-                )?;
-            }
-            Ok(())
-        })
-    }
-
     pub fn list_recordings(c: &Connection, limit: u32) -> Result<Vec<RecordingRow>, StoreError> {
         let mut st = c.prepare_cached(
-            "SELECT r.id, r.room, r.path, r.state, r.bytes, r.started_at, r.ended_at, q.state
-             FROM recordings r LEFT JOIN upload_queue q ON q.recording_id = r.id
+            "SELECT r.id, r.room, r.path, r.state, r.bytes, r.started_at, r.ended_at, (
+                 -- the upload of the recording's files (migration 3, by file), summed up
+                 SELECT CASE
+                     WHEN COUNT(u.path) = 0 THEN NULL
+                     WHEN SUM(u.state = 'failed') > 0 THEN 'failed'
+                     WHEN SUM(u.state <> 'done') = 0 THEN 'done'
+                     WHEN SUM(u.state <> 'pending') > 0 THEN 'uploading'
+                     ELSE 'pending' END
+                 FROM recording_files f JOIN uploads u ON u.path = f.path
+                 WHERE f.recording_id = r.id)
+             FROM recordings r
              ORDER BY r.started_at DESC, r.id DESC LIMIT ?1",
         )?;
         let rows = st
@@ -1409,15 +1392,29 @@ mod tests {
     }
 
     #[test]
-    fn a_finalized_recording_is_queued_for_upload_atomically() {
+    fn a_recordings_upload_state_sums_up_its_files_uploads() {
         let (_d, c) = open_tmp();
-        let id = q::insert_recording(&c, "demo", "/data/rec/1.mkv", 10).unwrap();
-        q::finalize_recording(&c, id, 1234, 20, true).unwrap();
-        let r = q::list_recordings(&c, 10).unwrap();
-        assert_eq!(
-            (r[0].state.as_str(), r[0].bytes, r[0].upload.as_deref()),
-            ("finalized", 1234, Some("pending"))
-        );
+        let id = q::insert_recording(&c, "demo", "/data/rec/1", 10).unwrap();
+        let upload = |c: &Connection| q::list_recordings(c, 10).unwrap()[0].upload.clone();
+        assert_eq!(upload(&c), None, "nothing queued yet");
+        for f in ["a", "b"] {
+            let path = format!("/data/rec/1/{f}.mp4");
+            q::insert_recording_file(&c, id, f, "alice", "video", "VP8", &path, 11).unwrap();
+            crate::upload::queue::enqueue(&c, &path, &format!("demo/1/{f}.mp4"), 12).unwrap();
+        }
+        assert_eq!(upload(&c).as_deref(), Some("pending"));
+        let set = |state: &str, f: &str| {
+            c.execute("UPDATE uploads SET state = ?1 WHERE path = ?2", params![state, format!("/data/rec/1/{f}.mp4")])
+                .unwrap()
+        };
+        set("uploading", "a");
+        assert_eq!(upload(&c).as_deref(), Some("uploading"));
+        set("done", "a");
+        assert_eq!(upload(&c).as_deref(), Some("uploading"), "one file still waits");
+        set("done", "b");
+        assert_eq!(upload(&c).as_deref(), Some("done"));
+        set("failed", "b");
+        assert_eq!(upload(&c).as_deref(), Some("failed"));
     }
 
     #[test]
