@@ -24,6 +24,7 @@
 //! `recovered`.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -566,7 +567,18 @@ impl Writer {
             let Some(t) = slot else { continue };
             let Some(sink) = t.sink.as_mut() else { continue };
             let rtp = RtpIn { seq: p.seq, timestamp: p.timestamp, marker: p.marker, payload: &p.payload };
-            let r = t.rec.push(rtp, arrival, sink).map_err(io_of).and_then(|w| {
+            // A bug in the recorder on one peer's input (two were found by fuzzing) must not
+            // take the other tracks down with the thread: that track's file is cut after its
+            // last complete fragment, the others go on.
+            let pushed = std::panic::catch_unwind(AssertUnwindSafe(|| t.rec.push(rtp, arrival, &mut *sink)));
+            let Ok(pushed) = pushed else {
+                tracing::error!(recording = self.id, track = %p.track, file = %t.path.display(), "the recorder failed on this track's input; its file ends here, the other tracks go on");
+                if let Some(t) = tracks.get_mut(&p.track).and_then(Option::take) {
+                    self.close_cut(t, "the recorder failed on this track's input".into());
+                }
+                continue;
+            };
+            let r = pushed.map_err(io_of).and_then(|w| {
                 sink.commit(w)?;
                 Ok(w)
             });
@@ -643,7 +655,6 @@ impl Writer {
 
     /// Finalise one file; returns its size.
     fn close(&self, mut t: TrackFile) -> u64 {
-        let now = unix_now() as i64;
         let (state, bytes, ms, err) = match t.sink.take() {
             None => ("failed", 0, 0, Some("the file could not be created".to_owned())),
             Some(mut sink) => {
@@ -657,22 +668,24 @@ impl Writer {
                 match ended {
                     Ok((true, _)) => ("empty", 0, 0, None),
                     Ok((false, ms)) => ("finalized", t.rec.position() as i64, ms, None),
-                    Err(e) => {
-                        // the last fragment did not fit: cut after the last complete one
-                        match recorder::recover_file(&t.path) {
-                            Ok(r) => (
-                                "finalized",
-                                r.valid_len as i64,
-                                r.end().as_millis() as i64,
-                                Some(format!("cut short: {e}")),
-                            ),
-                            Err(recorder::Error::Empty) => ("empty", 0, 0, None),
-                            Err(r) => ("failed", 0, 0, Some(format!("{e}; then {r}"))),
-                        }
-                    }
+                    // the last fragment did not fit: cut after the last complete one
+                    Err(e) => cut_after_last_fragment(&t.path, &e.to_string()),
                 }
             }
         };
+        self.end_file(t, state, bytes, ms, err)
+    }
+
+    /// Finalise a file whose recorder cannot go on (`why`): the file is cut
+    /// after its last complete fragment. Returns its size.
+    fn close_cut(&self, mut t: TrackFile, why: String) -> u64 {
+        drop(t.sink.take());
+        let (state, bytes, ms, err) = cut_after_last_fragment(&t.path, &why);
+        self.end_file(t, state, bytes, ms, err)
+    }
+
+    fn end_file(&self, t: TrackFile, state: &'static str, bytes: i64, ms: i64, err: Option<String>) -> u64 {
+        let now = unix_now() as i64;
         self.metrics.fragments.inc();
         self.metrics.files.with_label_values(&[state]).inc();
         let fid = t.file_id;
@@ -691,9 +704,69 @@ impl Writer {
     }
 }
 
+/// Cut a file after its last complete fragment: (state, bytes, duration ms, error).
+fn cut_after_last_fragment(path: &Path, why: &str) -> (&'static str, i64, i64, Option<String>) {
+    match recorder::recover_file(path) {
+        Ok(r) => {
+            ("finalized", r.valid_len as i64, r.end().as_millis() as i64, Some(format!("cut short: {why}")))
+        }
+        Err(recorder::Error::Empty) => ("empty", 0, 0, None),
+        Err(r) => ("failed", 0, 0, Some(format!("{why}; then {r}"))),
+    }
+}
+
 fn io_of(e: recorder::Error) -> std::io::Error {
     match e {
         recorder::Error::Io(e) => e,
         other => std::io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Opus frames (20 ms, arbitrary bytes: the muxer does not decode them).
+    fn opus_file(seconds: u32) -> Vec<u8> {
+        let mut rec = TrackRecorder::new(Codec::Opus);
+        let mut file = Vec::new();
+        let payload = [0xfcu8, 0xff, 0xfe];
+        for i in 0..seconds * 50 {
+            let rtp = RtpIn { seq: i as u16, timestamp: i * 960, marker: false, payload: &payload };
+            rec.push(rtp, Duration::from_millis(i as u64 * 20), &mut file).unwrap();
+        }
+        file
+    }
+
+    #[test]
+    fn a_track_whose_recorder_failed_is_cut_after_its_last_complete_fragment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice-mic.mp4");
+        let mut bytes = opus_file(3);
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[0, 0, 1, 0, b'm', b'o', b'o', b'f', 1, 2, 3]); // a fragment cut mid-write
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (state, len, ms, err) = cut_after_last_fragment(&path, "the recorder failed");
+        assert_eq!(state, "finalized");
+        assert_eq!(len as usize, whole, "cut exactly after the last complete fragment");
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole, "the file itself is cut");
+        assert!((1000..=3000).contains(&ms), "{ms} ms recorded");
+        assert_eq!(err.as_deref(), Some("cut short: the recorder failed"));
+    }
+
+    #[test]
+    fn a_track_with_nothing_complete_is_empty_and_garbage_is_failed_with_both_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.mp4");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(cut_after_last_fragment(&empty, "x").0, "empty");
+        let junk = dir.path().join("junk.mp4");
+        std::fs::write(&junk, b"definitely not an mp4 file at all").unwrap();
+        let (state, _, _, err) = cut_after_last_fragment(&junk, "the recorder failed");
+        assert_eq!(state, "failed");
+        assert!(err.unwrap().starts_with("the recorder failed; then "));
     }
 }
