@@ -55,19 +55,58 @@ struct S3 {
     root: PathBuf,
     log: PathBuf,
     faults: String,
+    /// Where it listens (127.0.0.1, or the far end of a [`Link`]).
+    host: String,
+    /// Run inside this network namespace.
+    netns: Option<String>,
 }
 
 impl S3 {
     fn start(dir: &Path, faults: &str) -> S3 {
         let root = dir.join("s3");
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let mut s = S3 { child: None, port: 0, root, log: dir.join("parts.log"), faults: faults.to_owned() };
+        let mut s = S3 {
+            child: None,
+            port: 0,
+            root,
+            log: dir.join("parts.log"),
+            faults: faults.to_owned(),
+            host: "127.0.0.1".into(),
+            netns: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// The server in the namespace at the far end of `link`.
+    fn start_behind(dir: &Path, link: &Link) -> S3 {
+        let root = dir.join("s3");
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let mut s = S3 {
+            child: None,
+            port: 0,
+            root,
+            log: dir.join("parts.log"),
+            faults: String::new(),
+            host: link.far_ip.clone(),
+            netns: Some(link.netns.clone()),
+        };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(s3_server_bin())
+        let mut cmd = match &self.netns {
+            None => Command::new(s3_server_bin()),
+            Some(ns) => {
+                // `ip netns exec` execs the server: killing the child kills the server
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(s3_server_bin());
+                c
+            }
+        };
+        let mut child = cmd
+            .env("S3_TEST_BIND", &self.host)
             .arg(&self.root)
             .arg(self.port.to_string())
             .arg(&self.log)
@@ -98,7 +137,7 @@ impl S3 {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Part numbers the server accepted, in order, over every run of the server.
@@ -122,6 +161,53 @@ impl S3 {
 impl Drop for S3 {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A network namespace joined to ours by a veth pair: the far side of a WAN
+/// link that can be cut. Deleted on drop.
+struct Link {
+    netns: String,
+    far_dev: String,
+    far_ip: String,
+}
+
+impl Link {
+    fn create() -> Link {
+        let pid = std::process::id();
+        let net = pid % 250 + 1;
+        let (netns, near_dev, far_dev) = (format!("rbxs3-{pid}"), format!("s3n{pid}"), format!("s3f{pid}"));
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip (apt-get install -y iproute2)");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+        ip(&["netns", "add", &netns]);
+        ip(&["link", "add", &near_dev, "type", "veth", "peer", "name", &far_dev]);
+        ip(&["link", "set", &far_dev, "netns", &netns]);
+        ip(&["addr", "add", &format!("10.253.{net}.1/24"), "dev", &near_dev]);
+        ip(&["link", "set", &near_dev, "up"]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        ip(&["-n", &netns, "addr", "add", &format!("10.253.{net}.2/24"), "dev", &far_dev]);
+        ip(&["-n", &netns, "link", "set", &far_dev, "up"]);
+        Link { netns, far_dev, far_ip: format!("10.253.{net}.2") }
+    }
+
+    /// The far end down (`up = false`): what is sent goes nowhere, nothing
+    /// answers, not even a refusal — a dead WAN, not a stopped server.
+    fn set(&self, up: bool) {
+        let st = Command::new("ip")
+            .args(["-n", &self.netns, "link", "set", &self.far_dev, if up { "up" } else { "down" }])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // deleting the namespace deletes the veth pair with it
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
     }
 }
 
@@ -392,6 +478,32 @@ async fn the_s3_server_unreachable_for_30_s_the_upload_resumes() {
     let counts = s3.part_counts();
     assert_eq!(counts[&1], 1, "{counts:?}");
     assert_object(&cfg, "rec/b.mp4", &bytes).await;
+    run.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_to_the_s3_server_down_for_30_s_the_upload_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = Link::create();
+    let s3 = S3::start_behind(dir.path(), &link);
+    let cfg = upload_cfg(&s3, dir.path(), 40_000);
+    let (store, file, bytes) = queued(dir.path(), "c.mp4", 20 * MIB, 6).await;
+    let run = start_driver(&cfg, &store);
+    wait_parts(&s3, 1, 60).await;
+    // The link goes dead for 30 s: requests in flight and new connections time out.
+    link.set(false);
+    let down = Instant::now();
+    let row = wait_row(&store, &file, 30, "a failure recorded", |r| r.last_error.is_some()).await;
+    let err = row.last_error.unwrap();
+    assert!(err.contains("timed out") || err.contains("timeout") || err.contains("connect"), "{err}");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    assert!(file.exists(), "the local copy stays while the store is out of reach");
+    assert!(store.upload(&file).await.unwrap().unwrap().state != "done");
+    link.set(true);
+    wait_done(&store, &file, 90).await;
+    let counts = s3.part_counts();
+    assert_eq!(counts[&1], 1, "the part finished before the outage was not sent again: {counts:?}");
+    assert_object(&cfg, "rec/c.mp4", &bytes).await;
     run.end().await;
 }
 

@@ -168,7 +168,9 @@ fn main() {
         let mut b = s3s::service::S3ServiceBuilder::new(fs);
         b.set_auth(s3s::auth::SimpleAuth::from_single(ak, sk));
         let st = Arc::new(Front { s3: b.build(), log, faults: Mutex::new(faults) });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        // S3_TEST_BIND: another address (a test that runs the server in a network namespace)
+        let host = std::env::var("S3_TEST_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await.expect("bind");
         println!("listening {}", listener.local_addr().unwrap().port());
         std::io::stdout().flush().unwrap();
         loop {
