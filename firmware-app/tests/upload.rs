@@ -385,10 +385,26 @@ async fn kill_9_of_roomboxd_mid_upload_then_restart_resends_no_finished_part() {
             .unwrap()
     };
     let mut daemon = run(&cfg_file);
-    wait_parts(&s3, 2, 60).await;
+    let db = data_dir.join("roombox.db");
+    // Kill once the daemon has *recorded* two finished parts: the server counts a part when its
+    // answer leaves, the daemon a moment later, so the server's count alone races the kill.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let recorded: i64 = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM upload_parts", [], |r| r.get(0)))
+            .unwrap_or(0);
+        if recorded >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon recorded {recorded} parts; the server got {:?}",
+            s3.parts()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     daemon.kill().unwrap(); // SIGKILL
     daemon.wait().unwrap();
-    let db = data_dir.join("roombox.db");
     let finished_at_kill: Vec<u32> = {
         let c = rusqlite::Connection::open(&db).unwrap();
         let mut st = c.prepare("SELECT part_number FROM upload_parts ORDER BY part_number").unwrap();
