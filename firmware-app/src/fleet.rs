@@ -160,7 +160,6 @@ pub async fn start(
     };
     let loaded = store
         .call(|c| {
-            c.execute_batch(SCHEMA)?;
             let records = load_records(c)?;
             let version = crate::store::q::get_setting(c, VERSION_KEY)?;
             Ok((records, version))
@@ -201,15 +200,7 @@ fn failed(metrics: &Metrics, e: String) -> (FleetView, Option<JoinHandle<()>>) {
 // ---------------------------------------------------------------------------
 // The command log (SQLite)
 
-/// Created on first use (idempotent), so this module needs no migration slot.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS fleet_commands (
-    id            TEXT PRIMARY KEY,
-    name          TEXT NOT NULL,
-    expires_at    INTEGER NOT NULL,
-    token_sha256  TEXT NOT NULL,
-    result        TEXT,
-    acked         INTEGER NOT NULL DEFAULT 0
-);";
+// The table `fleet_commands` is store migration 5.
 
 const VERSION_KEY: &str = "fleet.config_version";
 
@@ -243,7 +234,6 @@ fn save_record(c: &rusqlite::Connection, r: &CommandRecord) -> Result<(), StoreE
 
 /// The stored record of a command id (tests, support).
 pub fn stored_record(c: &rusqlite::Connection, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-    c.execute_batch(SCHEMA)?;
     let found: Option<String> =
         c.query_row("SELECT id FROM fleet_commands WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     Ok(match found {
