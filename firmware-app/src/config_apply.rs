@@ -56,6 +56,12 @@ pub async fn restart_requested() {
     RESTART.notified().await
 }
 
+/// Ask `roomboxd run` to restart (after [`ConfigApply::written`], once the
+/// `applying` report is queued on the fleet link).
+pub fn request_restart() {
+    RESTART.notify_one();
+}
+
 /// The engine and the config file it works on.
 pub struct ConfigApply {
     file: PathBuf,
@@ -91,13 +97,10 @@ impl ConfigApply {
     }
 
     /// A validated desired config is on disk (the previous in `FILE.prev`):
-    /// leave the marker and ask `roomboxd run` to restart into it.
+    /// leave the marker. `true`: restart into it ([`request_restart`], once
+    /// the `applying` report is on its way).
     pub fn written(&self, version: &str) -> bool {
-        let next = self.feed(Input::Written { version: version.to_owned() });
-        if next.restart {
-            RESTART.notify_one();
-        }
-        next.restart
+        self.feed(Input::Written { version: version.to_owned() }).restart
     }
 
     /// The daemon did not start. `true`: the previous config is back, re-exec now.

@@ -340,6 +340,12 @@ impl Host for DaemonHost {
         report
     }
 
+    fn config_reported(&self, report: &ConfigReport) {
+        if report.status == ConfigStatus::Applying {
+            crate::config_apply::request_restart();
+        }
+    }
+
     async fn persist(&self, rec: CommandRecord) -> Result<(), String> {
         self.store.call(move |c| save_record(c, &rec)).await.map_err(|e| e.to_string())
     }

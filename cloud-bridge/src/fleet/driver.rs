@@ -144,6 +144,12 @@ pub trait Host: Send + Sync + 'static {
     fn telemetry(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// Retained state now (JSON).
     fn state(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// An [`apply_config`](Host::apply_config) report has been handed to the MQTT client
+    /// (or the offline buffer): whatever is queued later goes after it. The daemon restarts
+    /// here for an `applying` report, so the report leaves before the link's goodbye.
+    fn config_reported(&self, report: &ConfigReport) {
+        let _ = report;
+    }
 }
 
 /// The link as the admin page shows it.
@@ -324,7 +330,12 @@ async fn drive<H: Host>(
                     }
                     a
                 }
-                Done::Config(report) => link.config_outcome(report),
+                Done::Config(report) => {
+                    let a = link.config_outcome(report.clone());
+                    ctx.carry_out(a).await;
+                    host.config_reported(&report);
+                    Vec::new()
+                }
             },
             _ = telemetry.tick() => {
                 let mut a = link.state(json_bytes(&host.state().await));
