@@ -164,6 +164,11 @@ pub struct FleetConfig {
     pub offline_buffer: usize,
     /// Let the `reboot` command run `systemctl reboot`. Off: the command reports that it is not allowed.
     pub allow_reboot: bool,
+    /// A desired config is applied by restarting roomboxd into it; unless the
+    /// restarted daemon is ready (`/readyz`) within this, the previous config is
+    /// put back and the apply reported `rolled_back`.
+    #[serde(with = "secs")]
+    pub apply_ready_within: Duration,
 }
 
 impl Default for FleetConfig {
@@ -181,6 +186,7 @@ impl Default for FleetConfig {
             max_command_ttl: Duration::from_secs(24 * 3600),
             offline_buffer: 256,
             allow_reboot: false,
+            apply_ready_within: Duration::from_secs(60),
         }
     }
 }
@@ -220,11 +226,18 @@ impl FleetConfig {
         if self.keep_alive < Duration::from_secs(5) || self.keep_alive > Duration::from_secs(3600) {
             bad("keep_alive", "between 5 and 3600 (seconds)");
         }
-        if self.max_command_ttl < Duration::from_secs(10) || self.max_command_ttl > Duration::from_secs(30 * 24 * 3600) {
+        if self.max_command_ttl < Duration::from_secs(10)
+            || self.max_command_ttl > Duration::from_secs(30 * 24 * 3600)
+        {
             bad("max_command_ttl", "between 10 and 2592000 (seconds)");
         }
         if self.offline_buffer < 8 {
             bad("offline_buffer", "at least 8");
+        }
+        if self.apply_ready_within < Duration::from_secs(1)
+            || self.apply_ready_within > Duration::from_secs(3600)
+        {
+            bad("apply_ready_within", "between 1 and 3600 (seconds)");
         }
         p
     }

@@ -76,6 +76,8 @@ pub struct FleetStatus {
     pub buffered: usize,
     /// The desired config version last applied or rejected.
     pub config_version: Option<String>,
+    /// Desired config reports since start, by status (`applied`, `rejected`, `rolled_back`, `applying`).
+    pub config_reports: BTreeMap<String, u64>,
 }
 
 /// A cheap handle on the link's state (off when not configured).
@@ -83,6 +85,7 @@ pub struct FleetStatus {
 pub struct FleetView {
     status: Option<SharedStatus>,
     error: Option<String>,
+    reports: Option<tokio::sync::mpsc::Sender<ConfigReport>>,
 }
 
 impl FleetView {
@@ -103,6 +106,7 @@ impl FleetView {
                     refused: s.stats.refused,
                     buffered: s.stats.buffered,
                     config_version: s.stats.config_version,
+                    config_reports: s.stats.config_reports,
                 }
             }
             (None, Some(e)) => FleetStatus {
@@ -112,6 +116,18 @@ impl FleetView {
                 ..FleetStatus::default()
             },
             (None, None) => FleetStatus { state: "off".into(), ..FleetStatus::default() },
+        }
+    }
+
+    /// Publish a config report the link did not make itself (an apply by restart's outcome).
+    pub fn report(&self, r: ConfigReport) {
+        match &self.reports {
+            Some(tx) => {
+                if let Err(e) = tx.try_send(r) {
+                    tracing::error!(error = %e, "fleet: a config report could not be queued");
+                }
+            }
+            None => tracing::warn!(report = ?r, "fleet: no link to report the desired config's outcome on"),
         }
     }
 }
@@ -144,7 +160,6 @@ pub async fn start(
     };
     let loaded = store
         .call(|c| {
-            c.execute_batch(SCHEMA)?;
             let records = load_records(c)?;
             let version = crate::store::q::get_setting(c, VERSION_KEY)?;
             Ok((records, version))
@@ -167,7 +182,7 @@ pub async fn start(
     match driver::start(&fleet, records, version, host, shutdown) {
         Ok(t) => {
             tracing::info!(broker = %fleet.broker, device_id = %fleet.device_id, "fleet link starting");
-            let view = FleetView { status: Some(t.status), error: None };
+            let view = FleetView { status: Some(t.status), error: None, reports: Some(t.reports) };
             register_metrics(&metrics, view.clone());
             (view, Some(t.task))
         }
@@ -177,7 +192,7 @@ pub async fn start(
 
 fn failed(metrics: &Metrics, e: String) -> (FleetView, Option<JoinHandle<()>>) {
     tracing::error!(error = %e, "the fleet link cannot start; the box runs without it");
-    let view = FleetView { status: None, error: Some(e) };
+    let view = FleetView { status: None, error: Some(e), reports: None };
     register_metrics(metrics, view.clone());
     (view, None)
 }
@@ -185,15 +200,7 @@ fn failed(metrics: &Metrics, e: String) -> (FleetView, Option<JoinHandle<()>>) {
 // ---------------------------------------------------------------------------
 // The command log (SQLite)
 
-/// Created on first use (idempotent), so this module needs no migration slot.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS fleet_commands (
-    id            TEXT PRIMARY KEY,
-    name          TEXT NOT NULL,
-    expires_at    INTEGER NOT NULL,
-    token_sha256  TEXT NOT NULL,
-    result        TEXT,
-    acked         INTEGER NOT NULL DEFAULT 0
-);";
+// The table `fleet_commands` is store migration 5.
 
 const VERSION_KEY: &str = "fleet.config_version";
 
@@ -227,7 +234,6 @@ fn save_record(c: &rusqlite::Connection, r: &CommandRecord) -> Result<(), StoreE
 
 /// The stored record of a command id (tests, support).
 pub fn stored_record(c: &rusqlite::Connection, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-    c.execute_batch(SCHEMA)?;
     let found: Option<String> =
         c.query_row("SELECT id FROM fleet_commands WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     Ok(match found {
@@ -306,15 +312,13 @@ impl Host for DaemonHost {
 
     async fn apply_config(&self, desired: DesiredConfig) -> ConfigReport {
         let cfg = self.cfg.clone();
-        let report = tokio::task::spawn_blocking(move || {
+        let (mut report, restart) = tokio::task::spawn_blocking(move || {
             apply_desired(&cfg, &desired, unix_now(), &|p, b| write_atomically(p, b))
         })
         .await
-        .unwrap_or_else(|e| ConfigReport {
-            version: None,
-            status: ConfigStatus::Rejected,
-            problems: vec![format!("internal: {e}")],
-            at: unix_now(),
+        .unwrap_or_else(|e| {
+            let problems = vec![format!("internal: {e}")];
+            (ConfigReport { version: None, status: ConfigStatus::Rejected, problems, at: unix_now() }, false)
         });
         if let Some(v) = report.version.clone() {
             let now = unix_now() as i64;
@@ -324,7 +328,22 @@ impl Host for DaemonHost {
                 tracing::warn!(error = %e, "the applied config version could not be stored");
             }
         }
+        // Live apply (crate::config_apply): restart into it, keep it only if it comes up ready.
+        if restart
+            && let (Some(v), Some(apply)) = (report.version.clone(), crate::config_apply::current())
+            && apply.written(&v)
+        {
+            report.status = ConfigStatus::Applying;
+            report.problems =
+                vec!["written; roomboxd restarts with it (rolled back unless ready in time)".into()];
+        }
         report
+    }
+
+    fn config_reported(&self, report: &ConfigReport) {
+        if report.status == ConfigStatus::Applying {
+            crate::config_apply::request_restart();
+        }
     }
 
     async fn persist(&self, rec: CommandRecord) -> Result<(), String> {
@@ -536,21 +555,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Validate a desired config with the file's own code, write it over the
 /// config file (the previous one kept as `FILE.prev`), read it back; put the
-/// previous one back if anything after validation fails. The running daemon
-/// keeps its config: the new one takes effect at the next start (`roomboxd` is
-/// restarted by systemd, or by the `reboot` command).
+/// previous one back if anything after validation fails. `true` with an
+/// `applied` report: the config differs from the running one, and takes effect
+/// when roomboxd restarts ([`crate::config_apply`] does that right away).
 pub fn apply_desired(
     running: &DaemonConfig,
     d: &DesiredConfig,
     now: u64,
     write: &dyn Fn(&Path, &[u8]) -> std::io::Result<()>,
-) -> ConfigReport {
+) -> (ConfigReport, bool) {
     let version = Some(d.version.clone());
-    let reject = |problems: Vec<String>| ConfigReport {
-        version: version.clone(),
-        status: ConfigStatus::Rejected,
-        problems,
-        at: now,
+    let reject = |problems: Vec<String>| {
+        (ConfigReport { version: version.clone(), status: ConfigStatus::Rejected, problems, at: now }, false)
     };
     let new = match crate::config::load_str(&d.config, &Overrides::default()) {
         Ok(c) => c,
@@ -581,7 +597,10 @@ pub fn apply_desired(
         if let Err(e) = write(&path, &previous) {
             problems.push(format!("and putting the previous config back failed: {e}"));
         }
-        ConfigReport { version: version.clone(), status: ConfigStatus::RolledBack, problems, at: now }
+        (
+            ConfigReport { version: version.clone(), status: ConfigStatus::RolledBack, problems, at: now },
+            false,
+        )
     };
     if let Err(e) = write(&sibling(&path, ".prev"), &previous) {
         return reject(vec![format!("cannot keep the previous config: {e}")]);
@@ -603,11 +622,12 @@ pub fn apply_desired(
     let mut run = running.clone();
     run.config_file = None;
     run.media_keys = new.media_keys.clone();
-    if run != new {
+    let restart = run != new;
+    if restart {
         notes.push("written; takes effect when roomboxd restarts".to_string());
     }
-    tracing::info!(version = %d.version, file = %path.display(), "fleet: desired config applied");
-    ConfigReport { version, status: ConfigStatus::Applied, problems: notes, at: now }
+    tracing::info!(version = %d.version, file = %path.display(), restart, "fleet: desired config written");
+    (ConfigReport { version, status: ConfigStatus::Applied, problems: notes, at: now }, restart)
 }
 
 // ---------------------------------------------------------------------------
@@ -618,6 +638,7 @@ struct FleetCollector {
     messages: IntCounterVec,
     refused: IntCounterVec,
     reconnects: IntCounterVec,
+    applies: IntCounterVec,
     up: IntGauge,
     descs: Vec<Desc>,
 }
@@ -636,6 +657,16 @@ fn register_metrics(metrics: &Metrics, view: FleetView) {
             Opts::new("roombox_fleet_reconnects_total", "Fleet link reconnects to the broker."),
             &[],
         )?;
+        let applies = IntCounterVec::new(
+            Opts::new(
+                "roombox_fleet_config_applies_total",
+                "Desired configs by outcome (applied, rejected, rolled_back, applying = restarting into it).",
+            ),
+            &["outcome"],
+        )?;
+        for s in ConfigStatus::ALL {
+            applies.with_label_values(&[s.label()]);
+        }
         let up =
             IntGauge::new("roombox_fleet_link_up", "1 while the fleet link is connected to the broker.")?;
         for d in ["in", "out"] {
@@ -645,12 +676,12 @@ fn register_metrics(metrics: &Metrics, view: FleetView) {
             refused.with_label_values(&[r.label()]);
         }
         reconnects.with_label_values(&[] as &[&str]);
-        let descs = [messages.desc(), refused.desc(), reconnects.desc(), up.desc()]
+        let descs = [messages.desc(), refused.desc(), reconnects.desc(), applies.desc(), up.desc()]
             .into_iter()
             .flatten()
             .cloned()
             .collect();
-        Ok(FleetCollector { view, messages, refused, reconnects, up, descs })
+        Ok(FleetCollector { view, messages, refused, reconnects, applies, up, descs })
     };
     match make().and_then(|c| metrics.registry.register(Box::new(c))) {
         Ok(()) => {}
@@ -678,10 +709,14 @@ impl Collector for FleetCollector {
             catch_up(&self.refused.with_label_values(&[reason.as_str()]), *n);
         }
         catch_up(&self.reconnects.with_label_values(&[] as &[&str]), s.reconnects);
+        for (outcome, n) in &s.config_reports {
+            catch_up(&self.applies.with_label_values(&[outcome.as_str()]), *n);
+        }
         self.up.set((s.state == "connected") as i64);
         let mut out = self.messages.collect();
         out.extend(self.refused.collect());
         out.extend(self.reconnects.collect());
+        out.extend(self.applies.collect());
         out.extend(self.up.collect());
         out
     }
@@ -723,8 +758,9 @@ mod tests {
             (format!("[cloud.fleet]{}telemetry_interval = 0\n", fleet), "telemetry_interval"),
         ];
         for (i, (config, want)) in cases.iter().enumerate() {
-            let r =
+            let (r, restart) =
                 apply_desired(&cfg, &desired(&format!("v{i}"), config), 1, &|p, b| write_atomically(p, b));
+            assert!(!restart);
             assert_eq!(r.status, ConfigStatus::Rejected, "{config}");
             assert!(r.problems.iter().any(|p| p.contains(want)), "{config}: {:?}", r.problems);
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the running config is kept");
@@ -736,11 +772,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, path, text) = running(dir.path());
         let new = format!("room = \"board-room\"\n{text}");
-        let r = apply_desired(&cfg, &desired("v2", &new), 1, &|p, b| write_atomically(p, b));
+        let (r, restart) = apply_desired(&cfg, &desired("v2", &new), 1, &|p, b| write_atomically(p, b));
         assert_eq!(r.status, ConfigStatus::Applied, "{:?}", r.problems);
+        assert!(restart, "a changed config needs a restart");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
         assert_eq!(std::fs::read_to_string(sibling(&path, ".prev")).unwrap(), text);
         assert!(r.problems[0].contains("restart"));
+        // The same config again changes nothing that runs: applied, no restart.
+        let (r, restart) = apply_desired(&cfg, &desired("v2b", &text), 1, &|p, b| write_atomically(p, b));
+        assert_eq!((r.status, restart), (ConfigStatus::Applied, false), "{:?}", r.problems);
     }
 
     #[test]
@@ -753,7 +793,7 @@ mod tests {
             let bytes = if b.starts_with(b"room = \"board-room\"") { &b[..b.len() / 2] } else { b };
             write_atomically(p, bytes)
         };
-        let r = apply_desired(&cfg, &desired("v3", &new), 1, &torn);
+        let (r, _) = apply_desired(&cfg, &desired("v3", &new), 1, &torn);
         assert_eq!(r.status, ConfigStatus::RolledBack, "{:?}", r.problems);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the previous config is back");
         // A write that fails outright.
@@ -764,7 +804,7 @@ mod tests {
                 write_atomically(p, b)
             }
         };
-        let r = apply_desired(&cfg, &desired("v4", &new), 1, &failing);
+        let (r, _) = apply_desired(&cfg, &desired("v4", &new), 1, &failing);
         assert_eq!(r.status, ConfigStatus::RolledBack);
         assert!(r.problems[0].contains("disk full"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);

@@ -21,6 +21,7 @@
 //! | [`update`] | A/B updates through RAUC: download, install, rollback detection at start |
 //! | [`notify`] | systemd's notify protocol: `READY=1`, watchdog pings, `STOPPING=1` |
 //! | [`fleet`] | the MQTT fleet link wired in: signed commands, desired config, telemetry, state |
+//! | [`config_apply`] | a desired config applied by restarting roomboxd into it, rolled back unless ready in time |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), roombox::daemon::DaemonError> {
@@ -39,6 +40,7 @@
 pub mod auth;
 pub mod board;
 pub mod config;
+pub mod config_apply;
 pub mod connlimit;
 pub mod daemon;
 pub mod device;

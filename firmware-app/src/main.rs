@@ -163,7 +163,10 @@ fn pin_mmap_threshold() {
 
 /// Under systemd: report what became of the last A/B update, tell systemd the daemon is ready
 /// (`Type=notify`), and ping its watchdog while the store answers. Returns the watchdog task.
-fn systemd_ready(running: &roombox::daemon::Running, data_dir: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
+fn systemd_ready(
+    running: &roombox::daemon::Running,
+    data_dir: std::path::PathBuf,
+) -> tokio::task::JoinHandle<()> {
     // Runs `rauc status` when an install is recorded: off the runtime's threads.
     tokio::task::spawn_blocking(move || roombox::update::check_boot(&data_dir));
     match roombox::notify::notify("READY=1") {
@@ -178,9 +181,12 @@ fn systemd_ready(running: &roombox::daemon::Running, data_dir: std::path::PathBu
         loop {
             tick.tick().await;
             // A daemon whose store thread hangs is not healthy: let systemd restart it.
-            let alive = tokio::time::timeout(every, store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            let alive = tokio::time::timeout(
+                every,
+                store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
             if alive {
                 let _ = roombox::notify::notify("WATCHDOG=1");
             } else {
@@ -188,6 +194,12 @@ fn systemd_ready(running: &roombox::daemon::Running, data_dir: std::path::PathBu
             }
         }
     })
+}
+
+/// Re-exec now (nothing is running), telling systemd a reload started. Returns only on failure.
+fn restart_now() -> std::io::Error {
+    roombox::config_apply::notify_reloading();
+    roombox::config_apply::reexec()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -280,6 +292,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { config, board, data_dir, listen } => {
+            // A desired config being applied (config_apply): the marker beside the file is read
+            // first, so a trial that died has its previous config back before the file is read.
+            let apply = roombox::config_apply::ConfigApply::at_start(&config);
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("cannot read the config {}", config.display()))?;
             let overrides = Overrides { board, data_dir, listen };
@@ -289,22 +304,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for p in &problems {
                         eprintln!("{}:{p}", config.display());
                     }
-                    bail!("{} problem(s) in {}", problems.len(), config.display());
+                    let why = format!("{} problem(s) in {}", problems.len(), config.display());
+                    if apply.start_failed(&why) {
+                        return Err(restart_now()).context("re-executing roomboxd with the previous config");
+                    }
+                    bail!(why);
                 }
             };
             cfg.config_file = Some(config.clone());
             init_logging(&cfg.log.level, cfg.log.format);
+            if let Some(v) = apply.trial() {
+                tracing::info!(version = %v, "starting with a new desired config (on trial)");
+            }
+            let ready_within =
+                cfg.cloud.fleet.as_ref().map(|f| f.apply_ready_within).unwrap_or(Duration::from_secs(60));
             let rt = runtime()?;
-            rt.block_on(async move {
+            let restart = rt.block_on(async move {
                 let data_dir = cfg.data_dir.clone();
-                let running = roombox::daemon::start(cfg).await?;
+                let running = match roombox::daemon::start(cfg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "roomboxd cannot start");
+                        if apply.start_failed(&e.to_string()) {
+                            roombox::config_apply::notify_reloading();
+                            return Ok(true);
+                        }
+                        return Err(e.into());
+                    }
+                };
                 let watchdog = systemd_ready(&running, data_dir);
-                roombox::daemon::wait_for_signal().await;
-                let _ = roombox::notify::notify("STOPPING=1");
+                apply.started(&running.state, ready_within);
+                let restart = tokio::select! {
+                    _ = roombox::daemon::wait_for_signal() => false,
+                    _ = roombox::config_apply::restart_requested() => true,
+                };
+                if restart {
+                    tracing::info!("restarting to apply a desired config (or to roll it back)");
+                    roombox::config_apply::notify_reloading();
+                } else {
+                    let _ = roombox::notify::notify("STOPPING=1");
+                }
                 watchdog.abort();
                 running.shutdown().await;
-                Ok::<_, anyhow::Error>(())
+                Ok::<_, anyhow::Error>(restart)
             })?;
+            // Every task and thread of the runtime is stopped before the process is replaced.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            if restart {
+                return Err(roombox::config_apply::reexec()).context("re-executing roomboxd");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { http, udp, data_dir } => {

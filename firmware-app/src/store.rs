@@ -191,6 +191,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX recording_files_recording ON recording_files(recording_id);
     "#,
+    // 5: the fleet link's command log (firmware-app/src/fleet.rs): every command id
+    // seen until it expires (replays), its result until the operator acks it.
+    // `IF NOT EXISTS`: boxes that ran the fleet link before this migration made
+    // the table on first use, with this same shape.
+    r#"
+    CREATE TABLE IF NOT EXISTS fleet_commands (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        token_sha256  TEXT NOT NULL,
+        result        TEXT,
+        acked         INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -1335,6 +1349,38 @@ mod tests {
         assert_eq!(fk, 1);
         let sync: i64 = c.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
         assert_eq!(sync, 2, "FULL");
+    }
+
+    #[test]
+    fn a_store_whose_fleet_log_predates_migration_5_keeps_its_commands() {
+        // Before migration 5 the fleet link created `fleet_commands` itself on a
+        // version-4 store: migrating must keep that table and its rows.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+                c.execute_batch(sql).unwrap();
+                c.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+            }
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS fleet_commands (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                 expires_at INTEGER NOT NULL, token_sha256 TEXT NOT NULL, result TEXT,
+                 acked INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO fleet_commands(id, name, expires_at, token_sha256) VALUES ('m-1', 'mute', 9, 'ab');",
+            )
+            .unwrap();
+        }
+        let c = open_connection(&path, &StoreOptions::default()).unwrap();
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let name: String =
+            c.query_row("SELECT name FROM fleet_commands WHERE id = 'm-1'", [], |r| r.get(0)).unwrap();
+        assert_eq!(name, "mute");
+        // And a new store has the table from the migration alone.
+        let (_d, fresh) = open_tmp();
+        let n: i64 = fresh.query_row("SELECT COUNT(*) FROM fleet_commands", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]

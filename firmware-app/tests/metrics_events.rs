@@ -228,6 +228,7 @@ async fn the_grafana_dashboard_uses_only_metrics_the_daemon_exposes() {
         "active_meetings",
         "meeting_participants",
         "roombox_upload",
+        "roombox_fleet",
     ] {
         assert!(families.contains(fam), "no {fam} panel: {families:?}");
     }

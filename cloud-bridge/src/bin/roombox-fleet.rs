@@ -304,9 +304,15 @@ async fn run(cli: Cli) -> Result<u8> {
                 let Some((topic, payload)) = next_publish(&mut el, deadline).await? else { break };
                 let dev = topic.split('/').nth(1).unwrap_or_default().to_owned();
                 let Ok(r) = serde_json::from_slice::<ConfigReport>(&payload) else { continue };
-                if r.version.as_deref() != Some(version.as_str()) || !pending.remove(&dev) {
+                if r.version.as_deref() != Some(version.as_str()) || !pending.contains(&dev) {
                     continue;
                 }
+                if r.status == ConfigStatus::Applying {
+                    // Restarting into it: the outcome follows from the restarted daemon.
+                    print(serde_json::json!({"device": dev, "report": r}));
+                    continue;
+                }
+                pending.remove(&dev);
                 failed |= r.status != ConfigStatus::Applied;
                 print(serde_json::json!({"device": dev, "report": r}));
             }

@@ -31,6 +31,25 @@ pub enum ConfigStatus {
     Rejected,
     /// Valid, but applying failed: the previous config was put back.
     RolledBack,
+    /// Valid and written; roomboxd is restarting into it (`applied` or
+    /// `rolled_back` follows from the restarted daemon).
+    Applying,
+}
+
+impl ConfigStatus {
+    /// Every status, for metric labels.
+    pub const ALL: [ConfigStatus; 4] =
+        [ConfigStatus::Applied, ConfigStatus::Rejected, ConfigStatus::RolledBack, ConfigStatus::Applying];
+
+    /// The status as in the JSON (`applied`, `rejected`, `rolled_back`, `applying`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ConfigStatus::Applied => "applied",
+            ConfigStatus::Rejected => "rejected",
+            ConfigStatus::RolledBack => "rolled_back",
+            ConfigStatus::Applying => "applying",
+        }
+    }
 }
 
 /// The box's answer (retained on `config/reported`).

@@ -144,6 +144,12 @@ pub trait Host: Send + Sync + 'static {
     fn telemetry(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// Retained state now (JSON).
     fn state(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// An [`apply_config`](Host::apply_config) report has been handed to the MQTT client
+    /// (or the offline buffer): whatever is queued later goes after it. The daemon restarts
+    /// here for an `applying` report, so the report leaves before the link's goodbye.
+    fn config_reported(&self, report: &ConfigReport) {
+        let _ = report;
+    }
 }
 
 /// The link as the admin page shows it.
@@ -170,6 +176,9 @@ fn set_status(s: &SharedStatus, f: impl FnOnce(&mut LinkStatus)) {
 pub struct LinkTask {
     pub status: SharedStatus,
     pub task: JoinHandle<()>,
+    /// Config reports from outside the link (the outcome of an apply by restart,
+    /// known only to the restarted daemon): published like any other report.
+    pub reports: mpsc::Sender<ConfigReport>,
 }
 
 /// Start the link: reads the key and TLS files, then runs until `shutdown` turns true.
@@ -198,8 +207,10 @@ pub fn start<H: Host>(
         device_id: cfg.device_id.clone(),
         ..LinkStatus::default()
     }));
-    let task = tokio::spawn(drive(cfg.clone(), link, initial, opts, host, status.clone(), shutdown));
-    Ok(LinkTask { status, task })
+    let (reports, reports_rx) = mpsc::channel(8);
+    let task =
+        tokio::spawn(drive(cfg.clone(), link, initial, opts, host, status.clone(), reports_rx, shutdown));
+    Ok(LinkTask { status, task, reports })
 }
 
 enum Done {
@@ -247,6 +258,8 @@ fn spawn_poller(
     })
 }
 
+// The link's parts, each moved into the one task that owns them.
+#[allow(clippy::too_many_arguments)]
 async fn drive<H: Host>(
     cfg: FleetConfig,
     mut link: FleetLink,
@@ -254,6 +267,7 @@ async fn drive<H: Host>(
     opts: MqttOptions,
     host: Arc<H>,
     status: SharedStatus,
+    mut reports: mpsc::Receiver<ConfigReport>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (client, el) = AsyncClient::new(opts, 1024);
@@ -316,19 +330,43 @@ async fn drive<H: Host>(
                     }
                     a
                 }
-                Done::Config(report) => link.config_outcome(report),
+                Done::Config(report) => {
+                    let a = link.config_outcome(report.clone());
+                    ctx.carry_out(a).await;
+                    host.config_reported(&report);
+                    Vec::new()
+                }
             },
             _ = telemetry.tick() => {
                 let mut a = link.state(json_bytes(&host.state().await));
                 a.extend(link.telemetry(json_bytes(&host.telemetry().await)));
                 a
             }
+            Some(report) = reports.recv() => link.config_outcome(report),
             _ = prune.tick() => link.prune(unix_now()),
             _ = shutdown.changed() => break,
         };
         ctx.carry_out(actions).await;
         set_status(&status, |s| s.stats = link.stats());
     }
+    // What finished just before the stop (a config report before a restart) still goes out.
+    let mut last = Vec::new();
+    while let Ok(done) = done_rx.try_recv() {
+        match done {
+            Done::Command(id, r) => {
+                let (ok, message) = match r {
+                    Ok(o) => (true, o.message),
+                    Err(m) => (false, m),
+                };
+                last.extend(link.command_finished(&id, ok, message, unix_now()));
+            }
+            Done::Config(report) => last.extend(link.config_outcome(report)),
+        }
+    }
+    while let Ok(report) = reports.try_recv() {
+        last.extend(link.config_outcome(report));
+    }
+    ctx.carry_out(last).await;
     // Graceful: say goodbye (the will is for crashes), then disconnect.
     let bye = link.goodbye();
     ctx.carry_out(bye).await;

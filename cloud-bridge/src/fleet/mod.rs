@@ -21,6 +21,7 @@
 //! | `config/desired` | → box | 1, retained | [`DesiredConfig`] JSON |
 //! | `config/reported` | box → | 1, retained | [`ConfigReport`] JSON |
 
+pub mod apply;
 pub mod command;
 pub mod desired;
 pub mod driver;
@@ -220,6 +221,8 @@ pub struct LinkStats {
     pub telemetry_dropped: u64,
     pub buffered: usize,
     pub config_version: Option<String>,
+    /// Config reports by status (`applied`, `rejected`, `rolled_back`, `applying`).
+    pub config_reports: BTreeMap<String, u64>,
 }
 
 /// The sans-IO fleet link of one box.
@@ -499,6 +502,7 @@ impl FleetLink {
     }
 
     fn report(&mut self, report: ConfigReport, out: &mut Vec<Action>) {
+        *self.stats.config_reports.entry(report.status.label().to_owned()).or_default() += 1;
         let payload = serde_json::to_vec(&report).unwrap_or_default();
         self.send(
             Publish {

@@ -268,6 +268,40 @@ fn desired_config_is_applied_once_per_version_and_bad_envelopes_are_reported() {
 }
 
 #[test]
+fn a_restart_apply_reports_applying_then_its_outcome_and_counts_each() {
+    let (mut f, _) = connected();
+    let d = br#"{"version":"v2","config":"room = \"a\"\n"}"#;
+    f.link.handle(Event::Message { topic: "roombox/box-1/config/desired", payload: d }, NOW);
+    let applying = ConfigReport {
+        version: Some("v2".into()),
+        status: ConfigStatus::Applying,
+        problems: vec![],
+        at: NOW,
+    };
+    let a = f.link.config_outcome(applying);
+    let r: ConfigReport = serde_json::from_slice(&publishes(&a)[0].payload).unwrap();
+    assert_eq!(r.status, ConfigStatus::Applying);
+    assert!(publishes(&a)[0].retain);
+    assert_eq!(f.link.stats().config_version, None, "not in use until the restarted daemon says so");
+    // The restarted daemon's outcome, handed to its link at start.
+    let rolled = ConfigReport {
+        version: Some("v2".into()),
+        status: ConfigStatus::RolledBack,
+        problems: vec!["port held".into()],
+        at: NOW + 5,
+    };
+    let a = f.link.config_outcome(rolled);
+    let r: ConfigReport = serde_json::from_slice(&publishes(&a)[0].payload).unwrap();
+    assert_eq!((r.status, r.problems), (ConfigStatus::RolledBack, vec!["port held".to_string()]));
+    let counts = f.link.stats().config_reports;
+    assert_eq!((counts["applying"], counts["rolled_back"]), (1, 1));
+    // The retained desired config is not tried again.
+    assert!(
+        f.link.handle(Event::Message { topic: "roombox/box-1/config/desired", payload: d }, NOW).is_empty()
+    );
+}
+
+#[test]
 fn other_topics_are_ignored() {
     let (mut f, _) = connected();
     for t in [

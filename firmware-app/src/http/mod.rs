@@ -115,13 +115,18 @@ pub struct Readiness {
     pub media: bool,
 }
 
-/// `GET /readyz`: 200 when the store answers, the SFU runs and the media pipeline runs.
-async fn readyz(State(s): State<SharedState>) -> Response {
+/// What `/readyz` says (also what a desired config's trial waits for).
+pub async fn readiness(s: &AppState) -> Readiness {
     let store = s.store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await.is_ok();
     let sfu = s.sfu.is_some();
     let media = s.device.media_ready();
-    let ready = store && sfu && media;
-    let body = Readiness { ready, store, sfu, media };
+    Readiness { ready: store && sfu && media, store, sfu, media }
+}
+
+/// `GET /readyz`: 200 when the store answers, the SFU runs and the media pipeline runs.
+async fn readyz(State(s): State<SharedState>) -> Response {
+    let body = readiness(&s).await;
+    let ready = body.ready;
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
 }

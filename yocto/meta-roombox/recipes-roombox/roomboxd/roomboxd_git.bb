@@ -47,7 +47,8 @@ do_compile() {
 }
 
 do_install() {
-    install -d ${D}${bindir} ${D}${libexecdir}/roombox ${D}${sysconfdir}/roombox
+    install -d ${D}${bindir} ${D}${libexecdir}/roombox
+    install -d -m 0770 -g ${ROOMBOX_GID} ${D}${sysconfdir}/roombox
     install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/roomboxd ${D}${bindir}/roomboxd
     install -m 0755 ${UNPACKDIR}/roombox-health-gate ${D}${libexecdir}/roombox/health-gate
     sed -e 's|@@BOARD@@|${ROOMBOX_BOARD}|' ${UNPACKDIR}/roombox.toml > ${B}/roombox.toml
