@@ -639,6 +639,7 @@ impl Engine {
                 }
                 wire::check_codecs(&wire::scan_sdp(sdp), self.config.room_codecs(&join.room))
                     .map_err(SfuError::CodecNotAllowed)?;
+                wire::check_payload_types(sdp).map_err(SfuError::BadSdp)?;
                 let offer = str0m::change::SdpOffer::from_sdp_string(sdp)
                     .map_err(|e| SfuError::BadSdp(e.to_string()))?;
                 Some(offer)
