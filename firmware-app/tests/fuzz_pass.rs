@@ -135,13 +135,16 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, pool: &[Vec<u8>], max_len: usize) {
                 // small arithmetic, as on a length or a counter field
                 let i = rng.below(len);
                 let d = rng.below(35) as u8;
-                data[i] = if rng.below(2) == 0 { data[i].wrapping_add(d + 1) } else { data[i].wrapping_sub(d + 1) };
+                data[i] =
+                    if rng.below(2) == 0 { data[i].wrapping_add(d + 1) } else { data[i].wrapping_sub(d + 1) };
             }
             4 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(8);
                 let bytes: Vec<u8> = (0..n)
-                    .map(|_| if rng.below(2) == 0 { rng.byte() } else { INTERESTING[rng.below(INTERESTING.len())] })
+                    .map(|_| {
+                        if rng.below(2) == 0 { rng.byte() } else { INTERESTING[rng.below(INTERESTING.len())] }
+                    })
                     .collect();
                 data.splice(at..at, bytes);
             }
@@ -281,8 +284,16 @@ fn every_fuzz_target_has_a_pass() {
         let src = std::fs::read_to_string(dir.join(format!("{}.rs", t.name))).expect("the target file");
         let harness = t.harness.trim_end_matches("::");
         let call = format!("fuzz_target!(|data: &[u8]| {harness}(data));");
-        assert!(src.contains(&call), "fuzz_targets/{}.rs must be `{call}` so this pass runs what it runs", t.name);
-        assert!(manifest.contains(&format!("path = \"fuzz_targets/{}.rs\"", t.name)), "no [[bin]] for {}", t.name);
+        assert!(
+            src.contains(&call),
+            "fuzz_targets/{}.rs must be `{call}` so this pass runs what it runs",
+            t.name
+        );
+        assert!(
+            manifest.contains(&format!("path = \"fuzz_targets/{}.rs\"", t.name)),
+            "no [[bin]] for {}",
+            t.name
+        );
         assert!(!seeds(t.name).is_empty(), "fuzz/seeds/{} has no seeds", t.name);
     }
 }

@@ -286,7 +286,8 @@ pub fn datagram(data: &[u8]) {
         Ok(j) => j.answer.expect("WHIP answers"),
         Err(err) => panic!("a valid offer joins: {err}"),
     };
-    let check = binding_request(sdp_attr(&answer, "a=ice-ufrag:"), sdp_attr(&answer, "a=ice-pwd:"), client_ufrag);
+    let check =
+        binding_request(sdp_attr(&answer, "a=ice-ufrag:"), sdp_attr(&answer, "a=ice-pwd:"), client_ufrag);
     e.handle_receive(now, Protocol::Udp, peer, sfu, &check);
     let mut answered = false;
     loop {
@@ -327,7 +328,11 @@ pub fn local_rtp(data: &[u8]) {
         LocalTrackSpec {
             name: name.into(),
             kind,
-            source: if kind == TrackKind::Audio { TrackSource::RoomMicrophone } else { TrackSource::RoomCamera },
+            source: if kind == TrackKind::Audio {
+                TrackSource::RoomMicrophone
+            } else {
+                TrackSource::RoomCamera
+            },
             codec,
             layers: layers.iter().map(|s| s.to_string()).collect(),
         }
@@ -345,17 +350,25 @@ pub fn local_rtp(data: &[u8]) {
     config.limits.max_joins_per_second = 1_000_000; // the recorder may rejoin at every op
     let mut e = Engine::new(config, vec![], now, SystemTime::now());
     let cam = e
-        .join_local(now, LocalJoin {
-            room: "r".into(),
-            identity: "cam".into(),
-            name: None,
-            publish: vec![
-                spec("vp8", TrackKind::Video, LocalCodec::Vp8, &["q", "h", "f"]),
-                spec("h264", TrackKind::Video, LocalCodec::H264 { profile_level_id: "42e01f".into() }, &[]),
-                spec("mic", TrackKind::Audio, LocalCodec::Opus, &[]),
-            ],
-            subscribe: LocalSubscription::None,
-        })
+        .join_local(
+            now,
+            LocalJoin {
+                room: "r".into(),
+                identity: "cam".into(),
+                name: None,
+                publish: vec![
+                    spec("vp8", TrackKind::Video, LocalCodec::Vp8, &["q", "h", "f"]),
+                    spec(
+                        "h264",
+                        TrackKind::Video,
+                        LocalCodec::H264 { profile_level_id: "42e01f".into() },
+                        &[],
+                    ),
+                    spec("mic", TrackKind::Audio, LocalCodec::Opus, &[]),
+                ],
+                subscribe: LocalSubscription::None,
+            },
+        )
         .expect("the camera joins");
     let mut rec = e.join_local(now, rec_join()).expect("the recorder joins");
     let mut rest = data;
@@ -373,17 +386,21 @@ pub fn local_rtp(data: &[u8]) {
                 rest = &rest[len..];
                 let track = usize::from(h[0] % 4);
                 sent = Some((track, payload.to_vec()));
-                e.local_packet(now, cam, LocalPacket {
-                    track,
-                    layer: usize::from(h[1] % 4),
-                    seq: u16::from_be_bytes([h[2], h[3]]),
-                    timestamp: u32::from(u16::from_be_bytes([h[4], h[5]])) * 1500,
-                    marker: h[6] & 1 != 0,
-                    keyframe: h[6] & 2 != 0,
-                    audio_level: (h[6] & 4 != 0).then_some(op),
-                    capture_time: now,
-                    payload: bytes::Bytes::copy_from_slice(payload),
-                });
+                e.local_packet(
+                    now,
+                    cam,
+                    LocalPacket {
+                        track,
+                        layer: usize::from(h[1] % 4),
+                        seq: u16::from_be_bytes([h[2], h[3]]),
+                        timestamp: u32::from(u16::from_be_bytes([h[4], h[5]])) * 1500,
+                        marker: h[6] & 1 != 0,
+                        keyframe: h[6] & 2 != 0,
+                        audio_level: (h[6] & 4 != 0).then_some(op),
+                        capture_time: now,
+                        payload: bytes::Bytes::copy_from_slice(payload),
+                    },
+                );
             }
             5 => {
                 let step = rest.first().copied().unwrap_or(0);

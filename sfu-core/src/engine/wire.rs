@@ -106,7 +106,9 @@ pub fn check_payload_types(sdp: &str) -> Result<(), String> {
         let slot = if is_rtpmap { &mut entry.0 } else { &mut entry.1 };
         match slot {
             Some(earlier) if !earlier.eq_ignore_ascii_case(value) => {
-                return Err(format!("payload type {pt} is given twice in one m-line (\"{earlier}\", \"{value}\")"));
+                return Err(format!(
+                    "payload type {pt} is given twice in one m-line (\"{earlier}\", \"{value}\")"
+                ));
             }
             _ => *slot = Some(value),
         }
@@ -188,7 +190,8 @@ mod tests {
 
     #[test]
     fn a_payload_type_with_two_meanings_is_refused_and_a_repeated_one_is_not() {
-        let audio = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n";
+        let audio =
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n";
         let video = "m=video 9 UDP/TLS/RTP/SAVPF 96 35\r\na=rtpmap:96 VP8/90000\r\n\
                      a=rtpmap:35 H264/90000\r\na=fmtp:35 packetization-mode=1;profile-level-id=4d001f\r\n";
         // a browser's second camera m-line repeats the same numbers with the same meaning
