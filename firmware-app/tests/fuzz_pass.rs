@@ -61,11 +61,11 @@ macro_rules! targets {
 // thousands where the parsers get hundreds of thousands).
 targets! {
     signaling_json => sfu_core::fuzzing::signaling_json, 1_500_000, 512;
-    sdp_offer => sfu_core::fuzzing::sdp_offer, 6_000, 8192;
+    sdp_offer => sfu_core::fuzzing::sdp_offer, 15_000, 8192;
     rtp_payload => sfu_core::fuzzing::rtp_payload, 2_000_000, 512;
-    datagram => sfu_core::fuzzing::datagram, 3_000, 4096;
+    datagram => sfu_core::fuzzing::datagram, 8_000, 4096;
     local_rtp => sfu_core::fuzzing::local_rtp, 45_000, 2048;
-    room_ws => sfu_core::fuzzing::room_ws, 1_300, 4096;
+    room_ws => sfu_core::fuzzing::room_ws, 25_000, 4096;
     jwt_claims => sfu_core::fuzzing::jwt, 600_000, 2048;
     daemon_config => roombox::config::fuzz_check, 80_000, 4096;
     fleet_command => cloud_bridge::fuzzing::fleet_command, 250_000, 1024;

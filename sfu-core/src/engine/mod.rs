@@ -20,6 +20,7 @@
 //! the SFU has only host candidates and answers connectivity checks, so it
 //! needs no candidate gathering, pairing or check pacing of its own.
 
+mod dtls;
 mod forward;
 mod signaling;
 pub mod stats;
@@ -615,9 +616,10 @@ impl Engine {
     fn rtc_config(&self, room: &str) -> RtcConfig {
         let codecs = self.config.room_codecs(room);
         let has = |c| codecs.contains(&c);
+        let config = RtcConfig::new().set_crypto_provider(dtls::crypto_provider());
         let config = match &self.dtls_cert {
-            Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
-            None => RtcConfig::new(),
+            Some(cert) => config.set_dtls_cert(cert.clone()),
+            None => config,
         };
         config
             .set_ice_lite(true)
