@@ -26,6 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod upload;
 
 /// The daemon's `[cloud]` table. Every link is off unless configured.

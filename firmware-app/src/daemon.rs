@@ -293,6 +293,7 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
         let m = conn_metrics.clone();
         move |_: Option<&SocketAddr>, e: &std::io::Error| m.accept_error(e)
     };
+    let redirect_admit = admit.clone();
     let server = match &tls {
         Some(files) => {
             let rc = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
@@ -336,7 +337,27 @@ pub async fn start(mut cfg: DaemonConfig) -> Result<Running, DaemonError> {
             let port = addr.port();
             let app = axum::Router::new()
                 .fallback(move |req: axum::extract::Request| async move { redirect_to_https(&req, port) });
-            let t = tokio::spawn(axum_server::bind(r).handle(h.clone()).serve(app.into_make_service()));
+            // The same edge as the main listener: security headers (no HSTS on plain HTTP), a clean
+            // 413 for a body over the limit (a smaller one is drained, so the 308 reaches the client),
+            // the header-read timeout, and a place in the same connection limits.
+            let app = sfu_core::httpguard::Guard::new(sfu_core::httpguard::GuardConfig {
+                max_body_bytes: cfg.http.max_body_bytes,
+                https: false,
+                rate_limit: None,
+                limited: sfu_core::httpguard::GuardConfig::default_surfaces,
+                rate_limited: None,
+            })
+            .layer(app);
+            let mut srv = axum_server::bind(r)
+                .acceptor(crate::connlimit::Watch::new(redirect_admit, &conn_metrics))
+                .accept_error_handler({
+                    let m = conn_metrics.clone();
+                    move |_: Option<&SocketAddr>, e: &std::io::Error| m.accept_error(e)
+                })
+                .first_request_timeout(cfg.http.header_read_timeout)
+                .handle(h.clone());
+            srv.http_builder().http1().header_read_timeout(cfg.http.header_read_timeout);
+            let t = tokio::spawn(srv.serve(app.into_make_service()));
             match h.listening().await {
                 Some(a) => Some((h, t, a)),
                 None => {

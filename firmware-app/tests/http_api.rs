@@ -492,6 +492,51 @@ async fn plain_http_redirects_to_https_when_configured() {
     d.running.shutdown().await;
 }
 
+/// The plain-HTTP redirect listener is as hardened as the main one: security
+/// headers (no HSTS over plain HTTP), a clean 413 for a 10 MB body, a body
+/// under the limit drained so the 308 arrives, and the header-read timeout.
+#[tokio::test]
+async fn the_redirect_listener_has_the_main_listeners_headers_body_limit_and_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.http.redirect_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.http.header_read_timeout = std::time::Duration::from_secs(1);
+    let limit = cfg.http.max_body_bytes;
+    let d = common::start_with(cfg, dir).await;
+    let plain = d.running.redirect_addr.expect("redirect listener");
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
+    let r = client.get(format!("http://{plain}/")).send().await.unwrap();
+    assert_eq!(r.status(), 308);
+    let h = r.headers();
+    assert_eq!(h["content-security-policy"], sfu_core::httpguard::CSP);
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert!(h.get("strict-transport-security").is_none(), "no HSTS over plain HTTP");
+
+    let r = client.post(format!("http://{plain}/whip/demo")).body(vec![b'v'; 10 << 20]).send().await.unwrap();
+    assert_eq!(r.status(), 413, "10 MB: a clean 413");
+    assert_eq!(r.headers()["content-security-policy"], sfu_core::httpguard::CSP);
+    let r = client.post(format!("http://{plain}/whip/demo")).body(vec![b'v'; limit / 2]).send().await.unwrap();
+    assert_eq!(r.status(), 308, "under the limit: redirected");
+
+    // slowloris: half a request, then nothing; cut off after the header timeout
+    let mut slow = tokio::net::TcpStream::connect(plain).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(8), slow.read(&mut buf))
+        .await
+        .expect("the listener closes a slow client")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "closed (or a 408): {head:?}");
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(800), "not before the timeout: {:?}", t0.elapsed());
+    d.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_full_database_gives_507_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();

@@ -52,6 +52,8 @@
 pub mod depack;
 mod error;
 mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h264;
 pub mod mux;
 pub mod recover;

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzing in CI, bounded. On stable, inside `cargo test --workspace`, the
-# committed seeds of room_ws, jwt_claims and daemon_config replay through the
-# very harness their target runs, and every older target's input path is
-# pinned by a hostile-input unit test (fuzz/README.md). This step adds
-# libFuzzer runs, and only when asked:
+# Fuzzing in CI, bounded. On stable, inside `cargo test --workspace`,
+# firmware-app/tests/fuzz_pass.rs runs EVERY target's harness over its seeds
+# and a deterministic mutation pass (~30 s for all twelve; it fails when a
+# target has no pass). This step adds libFuzzer runs (coverage feedback), and
+# only when asked:
 #   ROOMBOX_FUZZ_SECONDS=60 scripts/test.d/60-fuzz.sh   # each target 60 s
 # It runs EVERY target in fuzz/fuzz_targets/ (new ones are picked up by name),
 # starting from seeds/<target>, and fails on the first crash. Off by default:
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 secs="${ROOMBOX_FUZZ_SECONDS:-0}"
 if [ "$secs" = "0" ]; then
     echo "==> fuzz: libFuzzer runs skipped (set ROOMBOX_FUZZ_SECONDS to run each target that long);"
-    echo "    cargo test replayed the seeds of room_ws, jwt_claims and daemon_config on stable."
+    echo "    cargo test ran every target's seeds and a bounded mutation pass on stable (firmware-app/tests/fuzz_pass.rs)."
     exit 0
 fi
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then

@@ -20,6 +20,7 @@
 //! the SFU has only host candidates and answers connectivity checks, so it
 //! needs no candidate gathering, pairing or check pacing of its own.
 
+mod dtls;
 mod forward;
 mod signaling;
 pub mod stats;
@@ -382,9 +383,22 @@ pub struct Engine {
     metrics: Option<Metrics>,
     speaker_params: SpeakerParams,
     /// One DTLS certificate for every peer (its fingerprint goes in each
-    /// answer); generated at the first remote join instead of a key pair and
-    /// a signature per join, which a join flood on a small ARM board would feel.
+    /// answer): the process's ([`process_dtls_cert`]), taken at the first
+    /// remote join instead of a key pair and a signature per join, which a
+    /// join flood on a small ARM board would feel.
     dtls_cert: Option<str0m::config::DtlsCert>,
+}
+
+/// The process's DTLS certificate, generated on first use and shared by every
+/// engine in the process (as a browser-facing SFU keeps one per process): its
+/// fingerprint stays the same for the life of the process. The daemon runs
+/// one engine, so this changes nothing there; tests, benches and fuzz
+/// harnesses that build an engine per case stop paying for an EC key pair
+/// and a self-signed certificate each. `None` (the provider could not make
+/// one) leaves str0m to generate one per session, as before.
+fn process_dtls_cert() -> Option<str0m::config::DtlsCert> {
+    static CERT: std::sync::OnceLock<Option<str0m::config::DtlsCert>> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| str0m::crypto::from_feature_flags().dtls_provider.generate_certificate()).clone()
 }
 
 impl Engine {
@@ -602,9 +616,10 @@ impl Engine {
     fn rtc_config(&self, room: &str) -> RtcConfig {
         let codecs = self.config.room_codecs(room);
         let has = |c| codecs.contains(&c);
+        let config = RtcConfig::new().set_crypto_provider(dtls::crypto_provider());
         let config = match &self.dtls_cert {
-            Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
-            None => RtcConfig::new(),
+            Some(cert) => config.set_dtls_cert(cert.clone()),
+            None => config,
         };
         config
             .set_ice_lite(true)
@@ -639,6 +654,7 @@ impl Engine {
                 }
                 wire::check_codecs(&wire::scan_sdp(sdp), self.config.room_codecs(&join.room))
                     .map_err(SfuError::CodecNotAllowed)?;
+                wire::check_payload_types(sdp).map_err(SfuError::BadSdp)?;
                 let offer = str0m::change::SdpOffer::from_sdp_string(sdp)
                     .map_err(|e| SfuError::BadSdp(e.to_string()))?;
                 Some(offer)
@@ -656,7 +672,7 @@ impl Engine {
         self.admit(now, &join.room)?;
 
         if self.dtls_cert.is_none() {
-            self.dtls_cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
+            self.dtls_cert = process_dtls_cert();
         }
         let mut rtc = self.rtc_config(&join.room).build(now);
         for c in &self.candidates {

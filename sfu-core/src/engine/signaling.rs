@@ -148,6 +148,9 @@ impl Engine {
         if let Err(e) = wire::check_codecs(&wire::scan_sdp(sdp), self.config.room_codecs(&room)) {
             return self.error(id, ErrorCode::BadSdp, &e);
         }
+        if let Err(e) = wire::check_payload_types(sdp) {
+            return self.error(id, ErrorCode::BadSdp, &e);
+        }
         let offer = match SdpOffer::from_sdp_string(sdp) {
             Ok(o) => o,
             Err(e) => return self.error(id, ErrorCode::BadSdp, &e.to_string()),

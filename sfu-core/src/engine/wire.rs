@@ -68,6 +68,72 @@ pub fn scan_sdp(sdp: &str) -> Vec<OfferedMedia> {
     out
 }
 
+/// Refuse an offer that gives one payload type two meanings: a different
+/// `a=rtpmap` or `a=fmtp` for the same number in two m-lines (or twice in one).
+/// RFC 8843 §9.1 forbids it in a BUNDLE group, browsers repeat a payload type
+/// across m-lines only with the same codec and parameters, and str0m 0.25's
+/// answerer panics on it ("Pt locked multiple times" when two of its codec
+/// entries both lock onto the remote number), so it must not reach str0m:
+/// a publisher's offer would take the whole process down.
+pub fn check_payload_types(sdp: &str) -> Result<(), String> {
+    use std::collections::HashMap;
+    type Meaning<'a> = (Option<&'a str>, Option<&'a str>); // (rtpmap, fmtp)
+    fn same(a: Option<&str>, b: Option<&str>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (a, b) => a == b,
+        }
+    }
+    fn show(m: &Meaning) -> String {
+        format!("{} {}", m.0.unwrap_or("(no rtpmap)"), m.1.unwrap_or("(no fmtp)"))
+    }
+    let mut sections: Vec<HashMap<&str, Meaning>> = vec![HashMap::new()];
+    for line in sdp.lines().take(10_000) {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            sections.push(HashMap::new());
+            continue;
+        }
+        let (is_rtpmap, rest) = match (line.strip_prefix("a=rtpmap:"), line.strip_prefix("a=fmtp:")) {
+            (Some(r), _) => (true, r),
+            (_, Some(r)) => (false, r),
+            _ => continue,
+        };
+        let (pt, value) = rest.split_once(' ').unwrap_or((rest, ""));
+        let value = value.trim();
+        let Some(cur) = sections.last_mut() else { continue };
+        let entry = cur.entry(pt).or_insert((None, None));
+        let slot = if is_rtpmap { &mut entry.0 } else { &mut entry.1 };
+        match slot {
+            Some(earlier) if !earlier.eq_ignore_ascii_case(value) => {
+                return Err(format!(
+                    "payload type {pt} is given twice in one m-line (\"{earlier}\", \"{value}\")"
+                ));
+            }
+            _ => *slot = Some(value),
+        }
+    }
+    let mut seen: HashMap<&str, Meaning> = HashMap::new();
+    for section in &sections {
+        for (pt, m) in section {
+            match seen.get(pt) {
+                Some(earlier) if !(same(earlier.0, m.0) && same(earlier.1, m.1)) => {
+                    return Err(format!(
+                        "payload type {pt} means \"{}\" in one m-line and \"{}\" in another",
+                        show(earlier),
+                        show(m)
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(pt, *m);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Map an SDP codec name to the configured names.
 pub fn codec_name(sdp_name: &str) -> Option<CodecName> {
     match sdp_name.to_ascii_lowercase().as_str() {
@@ -120,6 +186,28 @@ mod tests {
         assert_eq!(stun_local_ufrag(&truncated), None);
         assert_eq!(stun_local_ufrag(&[0x80; 40]), None);
         assert_eq!(stun_local_ufrag(&stun_with_username(b":x")), None);
+    }
+
+    #[test]
+    fn a_payload_type_with_two_meanings_is_refused_and_a_repeated_one_is_not() {
+        let audio =
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10\r\n";
+        let video = "m=video 9 UDP/TLS/RTP/SAVPF 96 35\r\na=rtpmap:96 VP8/90000\r\n\
+                     a=rtpmap:35 H264/90000\r\na=fmtp:35 packetization-mode=1;profile-level-id=4d001f\r\n";
+        // a browser's second camera m-line repeats the same numbers with the same meaning
+        assert_eq!(check_payload_types(&format!("v=0\r\n{audio}{video}{video}")), Ok(()));
+        // the same number, another codec, parameters or none, in another m-line or the same one
+        let h264_in_audio = format!("v=0\r\n{audio}a=rtpmap:35 H264/90000\r\n{video}");
+        for bad in [
+            h264_in_audio,
+            format!("v=0\r\n{audio}{video}{}", video.replace("4d001f", "42e01f")),
+            format!("v=0\r\n{audio}{}", audio.replace("opus/48000/2", "VP8/90000")),
+            format!("v=0\r\n{audio}a=fmtp:111 minptime=20\r\n"),
+        ] {
+            let e = check_payload_types(&bad).unwrap_err();
+            assert!(e.contains("payload type"), "{e}");
+        }
+        assert_eq!(check_payload_types("garbage\0\u{1}m=\na=rtpmap:\na=fmtp:"), Ok(()));
     }
 
     #[test]

@@ -1676,6 +1676,9 @@ fn hostile_offers_and_patch_fragments_are_refused_cleanly() {
             "{good}{}",
             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=mid:x\r\n".repeat(200)
         ),
+        // one payload type, two meanings in two m-lines: str0m 0.25's answerer panicked on it
+        // ("Pt locked multiple times"); found by the stable fuzz pass (firmware-app/tests/fuzz_pass.rs)
+        include_str!("../../../../fuzz/seeds/sdp_offer/pt-two-meanings-str0m-panic").to_string(),
     ];
     // every prefix cut at a line boundary
     let mut cut = String::new();
