@@ -11,12 +11,14 @@ use compositor::audio::{AudioIn, Channels, FRAME_SAMPLES, Mixer};
 use compositor::{Compositor, I420Frame, Source, Tile};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const NAMES: [&str; 9] = ["Ada Lovelace", "Bob", "Chen Wei", "Dana", "Emeka Obi", "Fatima", "Gus", "Hana Sato", "Ivo"];
+const NAMES: [&str; 9] =
+    ["Ada Lovelace", "Bob", "Chen Wei", "Dana", "Emeka Obi", "Fatima", "Gus", "Hana Sato", "Ivo"];
 
 /// A moving-ish test picture: gradients, so the scaler does real work.
 fn picture(seed: u8) -> I420Frame {
     let (w, h) = (640usize, 360usize);
-    let y: Vec<u8> = (0..w * h).map(|i| ((i % w) as u8).wrapping_add((i / w) as u8).wrapping_add(seed)).collect();
+    let y: Vec<u8> =
+        (0..w * h).map(|i| ((i % w) as u8).wrapping_add((i / w) as u8).wrapping_add(seed)).collect();
     let u: Vec<u8> = (0..w * h / 4).map(|i| (i % (w / 2)) as u8 ^ seed).collect();
     let v: Vec<u8> = (0..w * h / 4).map(|i| (i / (w / 2)) as u8 ^ seed).collect();
     I420Frame::from_planes(w as u32, h as u32, [w, w / 2, w / 2], [y, u, v]).expect("valid test picture")
@@ -30,7 +32,12 @@ fn bench(c: &mut Criterion) {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| Source {
-                    tile: Tile { id: NAMES[i], name: NAMES[i], has_video: true, speaking: Some(i) == speaker },
+                    tile: Tile {
+                        id: NAMES[i],
+                        name: NAMES[i],
+                        has_video: true,
+                        speaking: Some(i) == speaker,
+                    },
                     frame: Some(f),
                 })
                 .collect();
@@ -45,8 +52,11 @@ fn bench(c: &mut Criterion) {
         }
     }
 
-    let audio: Vec<Vec<i16>> = (0..9).map(|i| (0..FRAME_SAMPLES).map(|k| ((k * 37 + i * 1000) % 20_000) as i16 - 10_000).collect()).collect();
-    let ins: Vec<AudioIn<'_>> = audio.iter().map(|s| AudioIn { samples: s, channels: 1, gain: 0.8, muted: false }).collect();
+    let audio: Vec<Vec<i16>> = (0..9)
+        .map(|i| (0..FRAME_SAMPLES).map(|k| ((k * 37 + i * 1000) % 20_000) as i16 - 10_000).collect())
+        .collect();
+    let ins: Vec<AudioIn<'_>> =
+        audio.iter().map(|s| AudioIn { samples: s, channels: 1, gain: 0.8, muted: false }).collect();
     let mut mixer = Mixer::new(Channels::Mono);
     c.bench_function("mix 9 mono 20 ms -> mono", |b| {
         b.iter(|| {

@@ -64,7 +64,10 @@ pub struct Compositor {
 
 impl std::fmt::Debug for Compositor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compositor").field("out", &self.out).field("style", &self.style).finish_non_exhaustive()
+        f.debug_struct("Compositor")
+            .field("out", &self.out)
+            .field("style", &self.style)
+            .finish_non_exhaustive()
     }
 }
 
@@ -177,12 +180,14 @@ impl Compositor {
             let o_stride = self.out.strides()[plane];
             let d = if plane == 0 { rect } else { Rect::new(rect.x / 2, rect.y / 2, rect.w / 2, rect.h / 2) };
 
-            let src_img = TypedImageRef::<U8>::from_buffer(s_stride as u32, sh, s_buf).map_err(|e| Error::Resize(e.to_string()))?;
-            let src_view = TypedCroppedImage::from_ref(&src_img, 0, 0, sw, sh).map_err(|e| Error::Resize(e.to_string()))?;
+            let src_img = TypedImageRef::<U8>::from_buffer(s_stride as u32, sh, s_buf)
+                .map_err(|e| Error::Resize(e.to_string()))?;
+            let src_view = TypedCroppedImage::from_ref(&src_img, 0, 0, sw, sh)
+                .map_err(|e| Error::Resize(e.to_string()))?;
             let mut dst_img = TypedImage::<U8>::from_buffer(o_stride as u32, oh, self.out.plane_mut(plane))
                 .map_err(|e| Error::Resize(e.to_string()))?;
-            let mut dst_view =
-                TypedCroppedImageMut::from_ref(&mut dst_img, d.x, d.y, d.w, d.h).map_err(|e| Error::Resize(e.to_string()))?;
+            let mut dst_view = TypedCroppedImageMut::from_ref(&mut dst_img, d.x, d.y, d.w, d.h)
+                .map_err(|e| Error::Resize(e.to_string()))?;
             self.resizer
                 .resize_typed(&src_view, &mut dst_view, &self.options)
                 .map_err(|e| Error::Resize(e.to_string()))?;
@@ -206,7 +211,11 @@ impl Compositor {
                     }
                     for dy in 0..label.scale {
                         for dx in 0..label.scale {
-                            self.out.set_luma(gx + col * label.scale + dx, label.text_y + row * label.scale + dy, self.style.label_text.y);
+                            self.out.set_luma(
+                                gx + col * label.scale + dx,
+                                label.text_y + row * label.scale + dy,
+                                self.style.label_text.y,
+                            );
                         }
                     }
                 }
@@ -265,8 +274,11 @@ mod tests {
         let red = I420Frame::new(640, 360, RED).unwrap();
         let green = I420Frame::new(1280, 720, GREEN).unwrap();
         // two people: side by side 640x720 cells, 16:9 letterboxed to 640x360 at y = 180
-        c.compose(&[Source { tile: tile("", false), frame: Some(&red) }, Source { tile: tile("", false), frame: Some(&green) }])
-            .unwrap();
+        c.compose(&[
+            Source { tile: tile("", false), frame: Some(&red) },
+            Source { tile: tile("", false), frame: Some(&green) },
+        ])
+        .unwrap();
         let f = c.frame();
         assert!(near(f.pixel(320, 360).unwrap(), RED));
         assert!(near(f.pixel(639, 181).unwrap(), RED));
@@ -339,8 +351,16 @@ mod tests {
 
         let mut a = Compositor::new(320, 180).unwrap();
         let mut b = Compositor::new(320, 180).unwrap();
-        a.compose(&[Source { tile: Tile { id: "x", name: "Zoë", has_video: false, speaking: false }, frame: None }]).unwrap();
-        b.compose(&[Source { tile: Tile { id: "x", name: "Zo?", has_video: false, speaking: false }, frame: None }]).unwrap();
+        a.compose(&[Source {
+            tile: Tile { id: "x", name: "Zoë", has_video: false, speaking: false },
+            frame: None,
+        }])
+        .unwrap();
+        b.compose(&[Source {
+            tile: Tile { id: "x", name: "Zo?", has_video: false, speaking: false },
+            frame: None,
+        }])
+        .unwrap();
         assert_eq!(a.frame(), b.frame());
         // a long name in a small grid never spills into the neighbour tile
         let mut c = Compositor::new(320, 180).unwrap();
@@ -364,12 +384,18 @@ mod tests {
         let style = Style::default();
         let mut c = Compositor::new(1280, 720).unwrap();
         let red = I420Frame::new(640, 360, RED).unwrap();
-        let sources: Vec<Source<'_>> = (0..4).map(|i| Source { tile: tile("p", i == 2), frame: Some(&red) }).collect();
+        let sources: Vec<Source<'_>> =
+            (0..4).map(|i| Source { tile: tile("p", i == 2), frame: Some(&red) }).collect();
         c.compose(&sources).unwrap();
         let big = c.placed()[2].rect;
         assert_eq!(c.placed()[2].role, Role::Speaker);
         let f = c.frame();
-        for (x, y) in [(big.x, big.y), (big.right() - 1, big.y + 100), (big.x + 300, big.bottom() - 1), (big.x + 3, big.y + 200)] {
+        for (x, y) in [
+            (big.x, big.y),
+            (big.right() - 1, big.y + 100),
+            (big.x + 300, big.bottom() - 1),
+            (big.x + 3, big.y + 200),
+        ] {
             assert_eq!(f.pixel(x, y), Some(style.speaker_border), "({x},{y})");
         }
         assert!(near(f.pixel(big.x + 640, big.y + 100).unwrap(), RED), "inside the border: video");
@@ -391,7 +417,11 @@ mod tests {
         let mut c = Compositor::new(640, 360).unwrap();
         let red = I420Frame::new(64, 36, RED).unwrap();
         // camera off: the frame (a stale one) is ignored
-        c.compose(&[Source { tile: Tile { id: "a", name: "", has_video: false, speaking: false }, frame: Some(&red) }]).unwrap();
+        c.compose(&[Source {
+            tile: Tile { id: "a", name: "", has_video: false, speaking: false },
+            frame: Some(&red),
+        }])
+        .unwrap();
         assert_eq!(c.frame().pixel(320, 180), Some(style.no_video));
     }
 

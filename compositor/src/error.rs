@@ -22,7 +22,9 @@ pub enum Error {
     #[error("scaling a plane failed: {0}")]
     Resize(String),
     /// An audio frame is not 20 ms of 48 kHz audio in the channel count it claims.
-    #[error("audio source {index}: {len} samples, expected {expected} (20 ms at 48 kHz, {channels} channel(s))")]
+    #[error(
+        "audio source {index}: {len} samples, expected {expected} (20 ms at 48 kHz, {channels} channel(s))"
+    )]
     AudioLength { index: usize, len: usize, expected: usize, channels: u8 },
     /// Only mono and stereo are mixed.
     #[error("audio source {index}: {channels} channels, only 1 or 2 are supported")]

@@ -92,7 +92,12 @@ impl I420Frame {
 
     /// Takes a decoder's planes as they are (a stride may exceed the row, as
     /// libvpx's do), after checking each stride and length.
-    pub fn from_planes(width: u32, height: u32, strides: [usize; 3], planes: [Vec<u8>; 3]) -> Result<Self, Error> {
+    pub fn from_planes(
+        width: u32,
+        height: u32,
+        strides: [usize; 3],
+        planes: [Vec<u8>; 3],
+    ) -> Result<Self, Error> {
         check_size(width, height)?;
         for (plane, (stride, buf)) in strides.iter().zip(&planes).enumerate() {
             let (w, h) = plane_size(width, height, plane);
@@ -166,7 +171,9 @@ impl I420Frame {
             (x / 2, y / 2, x1.div_ceil(2).min(cw), y1.div_ceil(2).min(ch)),
             (x / 2, y / 2, x1.div_ceil(2).min(cw), y1.div_ceil(2).min(ch)),
         ];
-        for (i, (value, (x0, y0, x1, y1))) in [colour.y, colour.u, colour.v].into_iter().zip(rects).enumerate() {
+        for (i, (value, (x0, y0, x1, y1))) in
+            [colour.y, colour.u, colour.v].into_iter().zip(rects).enumerate()
+        {
             let stride = self.strides[i];
             for row in y0..y1 {
                 let start = row as usize * stride;

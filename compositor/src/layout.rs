@@ -70,12 +70,20 @@ impl Rect {
     }
 
     pub const fn overlaps(&self, o: &Rect) -> bool {
-        !self.is_empty() && !o.is_empty() && self.x < o.right() && o.x < self.right() && self.y < o.bottom() && o.y < self.bottom()
+        !self.is_empty()
+            && !o.is_empty()
+            && self.x < o.right()
+            && o.x < self.right()
+            && self.y < o.bottom()
+            && o.y < self.bottom()
     }
 
     /// Whether every corner is on an even coordinate (I420-safe).
     pub const fn is_even_aligned(&self) -> bool {
-        self.x % 2 == 0 && self.y % 2 == 0 && self.w % 2 == 0 && self.h % 2 == 0
+        self.x.is_multiple_of(2)
+            && self.y.is_multiple_of(2)
+            && self.w.is_multiple_of(2)
+            && self.h.is_multiple_of(2)
     }
 
     /// The largest even-aligned rectangle of the source's aspect inside
@@ -209,7 +217,18 @@ mod tests {
     #[test]
     fn grids_have_the_documented_shape() {
         // (n, cols, rows)
-        for (n, cols, rows) in [(1, 1, 1), (2, 2, 1), (3, 2, 2), (4, 2, 2), (5, 3, 2), (6, 3, 2), (7, 3, 3), (9, 3, 3), (10, 4, 3), (16, 4, 4)] {
+        for (n, cols, rows) in [
+            (1, 1, 1),
+            (2, 2, 1),
+            (3, 2, 2),
+            (4, 2, 2),
+            (5, 3, 2),
+            (6, 3, 2),
+            (7, 3, 3),
+            (9, 3, 3),
+            (10, 4, 3),
+            (16, 4, 4),
+        ] {
             let p = layout(&tiles(n, None), 1920, 1080);
             assert_eq!(p[0].rect.w, even(1920 / cols), "n={n}");
             assert_eq!(p[0].rect.h, even(1080 / rows), "n={n}");
@@ -247,7 +266,10 @@ mod tests {
                     for (i, q) in p.iter().enumerate().filter(|(i, _)| *i != s) {
                         assert_eq!(q.role, Role::Strip);
                         assert!(q.rect.area() < p[s].rect.area(), "n={n} {w}x{h}: tile {i} {q:?}");
-                        assert!(q.rect.fit(16, 9).area() < big, "n={n} {w}x{h}: 16:9 video in tile {i} not smaller");
+                        assert!(
+                            q.rect.fit(16, 9).area() < big,
+                            "n={n} {w}x{h}: 16:9 video in tile {i} not smaller"
+                        );
                     }
                 }
             }
@@ -277,7 +299,10 @@ mod tests {
         assert_eq!(layout(&t, 1920, 1080), layout(&t, 1920, 1080));
         let p = layout(&t, 1920, 1080);
         let strip: Vec<_> = p.iter().filter(|p| p.role == Role::Strip).collect();
-        assert!(strip.windows(2).all(|w| (w[0].rect.y, w[0].rect.x) < (w[1].rect.y, w[1].rect.x)), "strip in tile order");
+        assert!(
+            strip.windows(2).all(|w| (w[0].rect.y, w[0].rect.x) < (w[1].rect.y, w[1].rect.x)),
+            "strip in tile order"
+        );
         // only the first flagged speaker counts
         let mut two = tiles(5, Some(1));
         two[3].speaking = true;
