@@ -60,6 +60,8 @@ pub struct Compositor {
     resizer: Resizer,
     options: ResizeOptions,
     placed: Vec<Placed>,
+    /// (tiles, speaker) of the last frame, to log layout changes once, not per frame.
+    shape: Option<(usize, Option<usize>)>,
 }
 
 impl std::fmt::Debug for Compositor {
@@ -130,6 +132,7 @@ impl Compositor {
             // when a 720p camera shrinks into a strip cell.
             options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
             placed: Vec::new(),
+            shape: None,
         })
     }
 
@@ -149,6 +152,16 @@ impl Compositor {
         let (w, h) = (self.out.width(), self.out.height());
         let speaker = sources.iter().position(|s| s.tile.speaking);
         layout::place(sources.len(), speaker, w, h, &mut self.placed);
+        if self.shape != Some((sources.len(), speaker)) {
+            self.shape = Some((sources.len(), speaker));
+            tracing::debug!(
+                tiles = sources.len(),
+                ?speaker,
+                width = w,
+                height = h,
+                "composite layout changed"
+            );
+        }
         self.out.fill(self.style.background);
         for i in 0..self.placed.len() {
             let p = self.placed[i];
