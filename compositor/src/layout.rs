@@ -287,6 +287,16 @@ mod tests {
     }
 
     #[test]
+    fn nine_people_with_a_speaker_get_two_strip_rows_of_four() {
+        let p = layout(&tiles(9, Some(4)), 1920, 1080);
+        assert_eq!(p[4].rect, Rect::new(0, 0, 1920, 540));
+        assert_eq!(p[0].rect, Rect::new(0, 540, 480, 270));
+        assert_eq!(p[3].rect, Rect::new(1440, 540, 480, 270));
+        assert_eq!(p[5].rect, Rect::new(0, 810, 480, 270));
+        assert_eq!(p[8].rect, Rect::new(1440, 810, 480, 270));
+    }
+
+    #[test]
     fn two_people_share_the_picture_equally_even_when_one_speaks() {
         let p = layout(&tiles(2, Some(1)), 1920, 1080);
         assert_eq!(p[0].rect.area(), p[1].rect.area());
