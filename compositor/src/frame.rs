@@ -113,6 +113,46 @@ impl I420Frame {
         Ok(I420Frame { width, height, strides, planes })
     }
 
+    /// Replaces this frame's picture with a copy of borrowed planes (a
+    /// decoder's buffers, valid only until its next call), packed (stride =
+    /// row), reusing this frame's allocations: a decode loop that keeps one
+    /// `I420Frame` per participant allocates only when the size grows.
+    /// Checked like [`I420Frame::from_planes`] except that the last row needs
+    /// only its pixels, not its padding; on error the frame is unchanged.
+    pub fn copy_from_planes(
+        &mut self,
+        width: u32,
+        height: u32,
+        strides: [usize; 3],
+        planes: [&[u8]; 3],
+    ) -> Result<(), Error> {
+        check_size(width, height)?;
+        for (plane, (stride, buf)) in strides.iter().zip(planes).enumerate() {
+            let (w, h) = plane_size(width, height, plane);
+            let row = w as usize;
+            if *stride < row {
+                return Err(Error::Stride { plane, stride: *stride, row });
+            }
+            // the last row needs only its pixels, not the padding after them
+            let need = stride * (h as usize - 1) + row;
+            if buf.len() < need {
+                return Err(Error::PlaneLength { plane, len: buf.len(), need });
+            }
+        }
+        for (plane, (stride, buf)) in strides.iter().zip(planes).enumerate() {
+            let (w, h) = plane_size(width, height, plane);
+            let dst = &mut self.planes[plane];
+            dst.clear();
+            for r in 0..h as usize {
+                dst.extend_from_slice(&buf[r * stride..r * stride + w as usize]);
+            }
+            self.strides[plane] = w as usize;
+        }
+        self.width = width;
+        self.height = height;
+        Ok(())
+    }
+
     pub fn width(&self) -> u32 {
         self.width
     }
@@ -235,6 +275,27 @@ mod tests {
         assert!(matches!(err, Error::PlaneLength { plane: 2, len: 1, need: 2 }), "{err}");
         let err = I420Frame::from_planes(4, 4, [4, 2, 2], [vec![0; 15], vec![0; 4], vec![0; 4]]).unwrap_err();
         assert!(matches!(err, Error::PlaneLength { plane: 0, len: 15, need: 16 }), "{err}");
+    }
+
+    #[test]
+    fn copy_from_planes_packs_a_padded_decoder_frame_and_reuses_the_buffers() {
+        let mut f = I420Frame::new(8, 8, Yuv::BLACK).unwrap();
+        let before = f.plane(0).as_ptr();
+        // 4x2 in 16-byte luma rows, the last row cut short after its pixels (as some decoders do)
+        let mut y = vec![9u8; 16 + 4];
+        y[16..20].copy_from_slice(&[1, 2, 3, 4]);
+        f.copy_from_planes(4, 2, [16, 8, 8], [&y, &[5, 6], &[7, 8]]).unwrap();
+        assert_eq!((f.width(), f.height(), f.strides()), (4, 2, [4, 2, 2]));
+        assert_eq!(f.plane(0), &[9, 9, 9, 9, 1, 2, 3, 4]);
+        assert_eq!(f.pixel(3, 1), Some(Yuv { y: 4, u: 6, v: 8 }));
+        assert_eq!(f.plane(0).as_ptr(), before, "no new allocation for a smaller frame");
+        let err = f.copy_from_planes(4, 2, [16, 8, 8], [&y[..19], &[5, 6], &[7, 8]]).unwrap_err();
+        assert!(matches!(err, Error::PlaneLength { plane: 0, len: 19, need: 20 }), "{err}");
+        assert!(matches!(
+            f.copy_from_planes(4, 2, [2, 2, 2], [&y, &[5, 6], &[7, 8]]),
+            Err(Error::Stride { plane: 0, .. })
+        ));
+        assert_eq!(f.plane(0), &[9, 9, 9, 9, 1, 2, 3, 4], "unchanged after an error");
     }
 
     #[test]
