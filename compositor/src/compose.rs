@@ -439,6 +439,30 @@ mod tests {
     }
 
     #[test]
+    fn odd_tiny_and_extreme_sources_compose_without_panicking() {
+        // what a hostile or broken publisher can make a decoder output
+        let sizes = [(1, 1), (3, 5), (641, 361), (8192, 2), (2, 8192), (1919, 1081)];
+        let frames: Vec<I420Frame> = sizes.iter().map(|&(w, h)| I420Frame::new(w, h, RED).unwrap()).collect();
+        for (w, h) in [(1920, 1080), (320, 180), (2, 2)] {
+            let mut c = Compositor::new(w, h).unwrap();
+            for n in 1..=frames.len() {
+                for speaker in [None, Some(0), Some(n - 1)] {
+                    let sources: Vec<Source<'_>> = frames[..n]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| Source { tile: tile("Zoë ✓", Some(i) == speaker), frame: Some(f) })
+                        .collect();
+                    c.compose(&sources).unwrap();
+                }
+            }
+        }
+        // a 1x1 red source still paints its whole (letterboxed) tile red
+        let mut c = Compositor::new(64, 64).unwrap();
+        c.compose(&[Source { tile: tile("", false), frame: Some(&frames[0]) }]).unwrap();
+        assert!(near(c.frame().pixel(32, 10).unwrap(), RED));
+    }
+
+    #[test]
     fn odd_or_tiny_outputs_are_refused() {
         assert!(matches!(Compositor::new(641, 360), Err(Error::OddOutput { .. })));
         assert!(matches!(Compositor::new(0, 0), Err(Error::OddOutput { .. })));
