@@ -4,7 +4,9 @@
 #      libasound2-dev:arm64 (adds the arm64 dpkg architecture first); idempotent.
 #   2. roomboxd cross-built; its stripped size printed.
 #   3. the unit tests (--lib --bins) of the crates that run on a board -- sfu-core, firmware-app,
-#      cloud-bridge and tests/vm's probe (its openh264/Opus round trips) -- built for aarch64 and
+#      cloud-bridge, compositor (its pixel tests through fast_image_resize's aarch64/NEON build;
+#      it brings criterion, its bench's dev-dependency, into the cross build: 41 s for the crate
+#      and its dependencies, measured) and tests/vm's probe (its openh264/Opus round trips) -- built for aarch64 and
 #      run by qemu-aarch64-static. bench and the tests/ harness crate run on the host only
 #      (emulated timings mean nothing; the harness drives x86 Chromium), and leaving them out
 #      keeps their dev-dependencies (criterion, ...) out of the cross build.
@@ -27,6 +29,6 @@ scripts/cross-aarch64 setup
 t=$SECONDS
 scripts/cross-aarch64 build "${AARCH64_CI_PROFILE:-dev}"
 build_s=$((SECONDS - t)); t=$SECONDS
-scripts/cross-aarch64 test -p sfu-core -p firmware-app -p cloud-bridge -p roombox-vm-probe --lib --bins
+scripts/cross-aarch64 test -p sfu-core -p firmware-app -p cloud-bridge -p compositor -p roombox-vm-probe --lib --bins
 test_s=$((SECONDS - t))
 echo "==> 20-aarch64: passed in $((SECONDS - start)) s (build ${build_s} s, unit tests under qemu ${test_s} s)"
