@@ -722,6 +722,7 @@ impl Engine {
     /// the link filled up to the next layer (`minimum`, padding).
     pub(super) fn allocate_one(&mut self, now: Instant, id: ParticipantId) {
         let tuning = LayerTuning::default();
+        let pin = self.config.media.pin_layer;
         let mut keyframes: SmallVec<[(TrackKey, usize); 4]> = SmallVec::new();
         {
             let Engine { participants, tracks, out, work, .. } = self;
@@ -793,7 +794,15 @@ impl Engine {
                     let climbing =
                         d.climbed_at.is_some_and(|t| now.saturating_duration_since(t) < tuning.climb_grace);
                     let congested = !climbing && (lossy || queued.is_some_and(|q| q >= CONGESTION_QUEUE));
-                    let c = d.policy.choose(now, &tuning, &rates, max, share, congested);
+                    let c = match pin {
+                        // benchmarks: one layer whatever the link does
+                        Some(l) => crate::media::forwarder::Choice {
+                            target: Some(usize::from(l).min(rates.len() - 1)),
+                            urgent: false,
+                            probe_for: None,
+                        },
+                        None => d.policy.choose(now, &tuning, &rates, max, share, congested),
+                    };
                     if c.target != d.selector.target() {
                         tracing::debug!(
                             participant = id, track = tk, from = ?d.selector.target(), to = ?c.target, urgent = c.urgent,
