@@ -255,7 +255,7 @@ impl Engine {
     /// hashing; room-level work (speaker levels, counters) is accumulated on
     /// the track and folded on the tick.
     pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, layer: usize, pkt: InPacket) {
-        let Engine { tracks, participants, out, work, counters, to_remove, .. } = self;
+        let Engine { tracks, participants, out, work, counters, to_remove, deadlines, .. } = self;
         let Some(t) = tracks.get_mut(&tk) else { return };
         let Some(l) = t.layers.get_mut(layer) else { return };
         l.meter.add(now, pkt.payload.len() + PACKET_OVERHEAD);
@@ -394,7 +394,7 @@ impl Engine {
                         }
                     }
                     tx.write_rtp(write);
-                    drain_rtc(s, out, work);
+                    drain_rtc(s, out, work, deadlines);
                     if s.failed && !to_remove.iter().any(|x| x.0 == *sid) {
                         to_remove.push((*sid, LeaveReason::ConnectionLost));
                     }
@@ -725,7 +725,7 @@ impl Engine {
         let pin = self.config.media.pin_layer;
         let mut keyframes: SmallVec<[(TrackKey, usize); 4]> = SmallVec::new();
         {
-            let Engine { participants, tracks, out, work, .. } = self;
+            let Engine { participants, tracks, out, work, deadlines, .. } = self;
             let Some(s) = participants.get_mut(&id) else { return };
             let audio =
                 s.downtracks.iter().filter(|d| d.kind == TrackKind::Audio && d.source.is_some()).count()
@@ -853,7 +853,7 @@ impl Engine {
                 }
             }
             if s.rtc.is_some() {
-                drain_rtc(s, out, work);
+                drain_rtc(s, out, work, deadlines);
             }
         }
         for (tk, l) in keyframes {
