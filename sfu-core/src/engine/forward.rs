@@ -255,7 +255,10 @@ impl Engine {
     /// hashing; room-level work (speaker levels, counters) is accumulated on
     /// the track and folded on the tick.
     pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, layer: usize, pkt: InPacket) {
-        let Engine { tracks, participants, out, work, counters, to_remove, deadlines, .. } = self;
+        if now > self.touched_at {
+            self.touched_at = now;
+        }
+        let Engine { tracks, participants, out, counters, touched, .. } = self;
         let Some(t) = tracks.get_mut(&tk) else { return };
         let Some(l) = t.layers.get_mut(layer) else { return };
         l.meter.add(now, pkt.payload.len() + PACKET_OVERHEAD);
@@ -394,9 +397,13 @@ impl Engine {
                         }
                     }
                     tx.write_rtp(write);
-                    drain_rtc(s, out, work, deadlines);
-                    if s.failed && !to_remove.iter().any(|x| x.0 == *sid) {
-                        to_remove.push((*sid, LeaveReason::ConnectionLost));
+                    // no drain here: it would find nothing to send (the pacer
+                    // releases the packet on a timeout) and recompute every
+                    // timeout of the peer; one timeout + drain per touched
+                    // peer before the next `Output::Timeout` (flush_touched)
+                    if !s.touched {
+                        s.touched = true;
+                        touched.push(*sid);
                     }
                 }
                 (None, _) => {

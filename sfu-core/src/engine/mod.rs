@@ -286,6 +286,9 @@ struct Participant {
     timeout: Instant,
     /// `timeout` has a live entry in the engine's [`deadlines::Deadlines`].
     armed: bool,
+    /// Packets were written to its `Rtc` since its last drain (it is in
+    /// the engine's `touched` list).
+    touched: bool,
     joined_at: Instant,
     ufrag: Option<String>,
     resource: Option<String>,
@@ -380,6 +383,12 @@ pub struct Engine {
     deadlines: deadlines::Deadlines,
     /// Scratch for [`Engine::handle_timeout`]: the peers that are due.
     due: Vec<ParticipantId>,
+    /// Subscribers whose `Rtc` got packets (`write_rtp`) and was not
+    /// drained since: each gets one timeout and one drain before the engine
+    /// reports its next `Output::Timeout`, however many packets it got.
+    touched: Vec<ParticipantId>,
+    /// The latest `now` a packet was forwarded at (the touched peers' timeout).
+    touched_at: Instant,
     to_remove: Vec<(ParticipantId, LeaveReason)>,
     next_id: ParticipantId,
     next_track: TrackKey,
@@ -416,6 +425,8 @@ impl Engine {
             work: VecDeque::new(),
             deadlines: deadlines::Deadlines::default(),
             due: Vec::new(),
+            touched: Vec::new(),
+            touched_at: now,
             to_remove: Vec::new(),
             next_id: 1,
             next_track: 1,
@@ -454,6 +465,12 @@ impl Engine {
     pub fn poll_output(&mut self) -> Output {
         if let Some(o) = self.out.pop_front() {
             return o;
+        }
+        if !self.touched.is_empty() {
+            self.flush_touched();
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
         }
         let participants = &self.participants;
         let t = match self.deadlines.next(|id, at| is_live(participants, id, at)) {
@@ -726,6 +743,7 @@ impl Engine {
             rtc: Some(Box::new(rtc)),
             timeout: now,
             armed: false,
+            touched: false,
             joined_at: now,
             ufrag: Some(ufrag.clone()),
             resource: join.resource.clone(),
@@ -807,6 +825,7 @@ impl Engine {
             rtc: None,
             timeout: now,
             armed: false,
+            touched: false,
             joined_at: now,
             ufrag: None,
             resource: None,
@@ -1482,6 +1501,34 @@ impl Engine {
         drain_rtc(p, &mut self.out, &mut self.work, &mut self.deadlines);
         if p.failed && !self.to_remove.iter().any(|x| x.0 == id) {
             self.to_remove.push((id, LeaveReason::ConnectionLost));
+        }
+    }
+
+    /// One timeout and one drain for every `Rtc` packets were written to
+    /// since it was last drained: str0m's pacer hands out what `write_rtp`
+    /// queued on a timeout, and a drain after every write (as before) found
+    /// nothing to send but recomputed every timeout of the peer each time.
+    fn flush_touched(&mut self) {
+        let now = self.touched_at;
+        while !self.touched.is_empty() {
+            let mut ids = std::mem::take(&mut self.touched);
+            for &id in &ids {
+                let Some(p) = self.participants.get_mut(&id) else { continue };
+                p.touched = false;
+                let Some(rtc) = p.rtc.as_mut() else { continue };
+                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(participant = id, error = %e, "timeout refused");
+                }
+                self.drain(id);
+            }
+            ids.clear();
+            // events found while draining may forward more (and touch more)
+            self.process(now);
+            if self.touched.is_empty() {
+                self.touched = ids;
+            } else {
+                self.touched.extend(ids.drain(..));
+            }
         }
     }
 
