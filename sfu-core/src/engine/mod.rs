@@ -1527,11 +1527,9 @@ impl Engine {
             ids.clear();
             // events found while draining may forward more (and touch more)
             self.process(now);
-            if self.touched.is_empty() {
-                self.touched = ids;
-            } else {
-                self.touched.extend(ids.drain(..));
-            }
+            // keep the list's allocation, with whatever the events touched
+            ids.append(&mut self.touched);
+            self.touched = ids;
         }
     }
 
