@@ -308,12 +308,17 @@ impl Engine {
             let mut tx = None;
             if let Some((api, mid)) = api.as_mut() {
                 let mid = *mid;
-                let known = d.tx_ssrc.filter(|x| api.stream_tx(x).is_some_and(|tx| tx.mid() == mid));
-                let found = match known {
+                let found = match d.tx_ssrc {
                     Some(x) => api.stream_tx(&x),
                     None => api.stream_tx_by_mid(mid, None),
                 };
-                let Some(found) = found else { continue };
+                // a remembered stream that is gone (or, were its SSRC ever
+                // reused, on another m-line) costs this one packet: the next
+                // is looked up by mid again
+                let Some(found) = found.filter(|tx| tx.mid() == mid) else {
+                    d.tx_ssrc = None;
+                    continue;
+                };
                 d.tx_ssrc = Some(found.ssrc());
                 // a link slower than what flows: drop rather than let the queue grow;
                 // video then restarts at a keyframe (asked for at the next tick),
