@@ -173,9 +173,6 @@ struct DownTrack {
     negotiated: bool,
     /// Payload type on the subscriber's side, resolved against the source's codec.
     pt: Option<str0m::media::Pt>,
-    /// SSRC of str0m's send stream on `mid`, once found: the hot path's
-    /// lookup is then one hash probe instead of a scan of the peer's streams.
-    tx_ssrc: Option<Ssrc>,
     rewriter: Rewriter,
     /// VP8 PictureID/TL0PICIDX continuity across source switches.
     vp8: Vp8Munger,
