@@ -72,10 +72,11 @@ pub const SEND_QUEUE_MAX_PACKETS: usize = 512;
 /// at the pacer's rate, so the oldest may wait a little longer than this).
 pub const SEND_QUEUE_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// Whether the send queue of `tx` is at its bound.
+/// Whether the send queue of the stream on `mid` is at its bound.
 #[inline]
-fn send_queue_full(tx: &str0m::rtp::StreamTx, now: Instant) -> bool {
-    let Some(q) = tx.queue_info() else { return false };
+fn send_queue_full(rtc: &mut Rtc, mid: Mid, now: Instant) -> bool {
+    let mut api = rtc.direct_api();
+    let Some(q) = api.stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()) else { return false };
     q.packet_count() >= SEND_QUEUE_MAX_PACKETS
         || q.first_unsent().is_some_and(|t| now.saturating_duration_since(t) >= SEND_QUEUE_MAX_AGE)
 }
@@ -282,47 +283,21 @@ impl Engine {
         for sid in t.subscribers.iter() {
             let Some(s) = participants.get_mut(sid) else { continue };
             let room_client = s.is_room_client();
-            let Participant { downtracks, rtc, touched: s_touched, .. } = &mut *s;
-            let Some(d) = downtracks.iter_mut().find(|d| d.source == Some(tk)) else { continue };
+            let Some(d) = s.downtracks.iter_mut().find(|d| d.source == Some(tk)) else { continue };
             if !d.ready {
                 continue;
             }
-            // a remote subscriber: its payload type and its send stream, looked
-            // up once per packet (was twice: the queue bound, then the write)
-            let mut api = match (rtc.as_deref_mut(), d.mid) {
-                (Some(rtc), Some(mid)) => {
-                    if d.pt.is_none()
-                        && let Some(codec) = t.codec
-                    {
-                        d.pt = resolve_pt(rtc, mid, codec, &t.format);
-                    }
-                    if d.pt.is_none() {
-                        counters.dropped_packets += 1;
-                        continue;
-                    }
-                    Some((rtc.direct_api(), mid))
+            // a link slower than what flows: drop rather than let the queue grow;
+            // video then restarts at a keyframe (asked for at the next tick),
+            // so the subscriber never decodes across the hole
+            if let (Some(rtc), Some(mid)) = (s.rtc.as_mut(), d.mid)
+                && send_queue_full(rtc, mid, now)
+            {
+                counters.send_queue_full += 1;
+                if video {
+                    d.selector.reset();
                 }
-                (Some(_), None) => continue,
-                (None, _) => None,
-            };
-            let mut tx = None;
-            if let Some((api, mid)) = api.as_mut() {
-                let mid = *mid;
-                // one scan of the peer's send streams by mid: a remembered SSRC
-                // (one probe of str0m's SipHash map) measured ~200 instructions
-                // per packet dearer than this scan of a WHEP peer's 2 streams
-                let Some(found) = api.stream_tx_by_mid(mid, None) else { continue };
-                // a link slower than what flows: drop rather than let the queue grow;
-                // video then restarts at a keyframe (asked for at the next tick),
-                // so the subscriber never decodes across the hole
-                if send_queue_full(found, now) {
-                    counters.send_queue_full += 1;
-                    if video {
-                        d.selector.reset();
-                    }
-                    continue;
-                }
-                tx = Some(found);
+                continue;
             }
             // decide
             let decision = if video {
@@ -380,9 +355,19 @@ impl Engine {
                 }
             };
             let vp8_patched = vp8_values.filter(|_| !d.vp8.is_identity());
-            match tx {
-                Some(tx) => {
-                    let Some(pt) = d.pt else { continue };
+            match (&mut s.rtc, d.mid) {
+                (Some(rtc), Some(mid)) => {
+                    if d.pt.is_none()
+                        && let Some(codec) = t.codec
+                    {
+                        d.pt = resolve_pt(rtc, mid, codec, &t.format);
+                    }
+                    let Some(pt) = d.pt else {
+                        counters.dropped_packets += 1;
+                        continue;
+                    };
+                    let mut api = rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
                     let ext = ExtensionValues {
                         audio_level: pkt.audio_level,
                         voice_activity: pkt.voice_activity,
@@ -416,12 +401,12 @@ impl Engine {
                     // releases the packet on a timeout) and recompute every
                     // timeout of the peer; one timeout + drain per touched
                     // peer before the next `Output::Timeout` (flush_touched)
-                    if !*s_touched {
-                        *s_touched = true;
+                    if !s.touched {
+                        s.touched = true;
                         touched.push(*sid);
                     }
                 }
-                None => {
+                (None, _) => {
                     let payload = match (vp8_patched, &vp8) {
                         (Some(v), Some(f)) => {
                             // an in-process subscriber gets its own patched copy
@@ -446,6 +431,7 @@ impl Engine {
                         }),
                     ));
                 }
+                _ => continue,
             }
             sent += 1;
         }
