@@ -64,10 +64,11 @@ fn udp_send(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32));
     g.bench_function("sfu_send_batch_32x1100B", |b| {
         let mut buf = [0u8; 2048];
+        let mut bufs = sfu_core::edge::udp::SendBatch::default();
         b.iter(|| {
             let mut off = 0;
             while off < items.len() {
-                match sfu_core::edge::udp::send_batch(tx.as_raw_fd(), &items[off..]) {
+                match sfu_core::edge::udp::send_batch(tx.as_raw_fd(), &mut bufs, &items[off..]) {
                     Ok(n) if n > 0 => off += n,
                     _ => break,
                 }

@@ -47,12 +47,16 @@ impl Roombox {
         http: SocketAddr,
         udp: SocketAddr,
         callgrind: bool,
+        pin_layer: Option<usize>,
     ) -> anyhow::Result<Roombox> {
         std::fs::create_dir_all(dir)?;
         let secret = dir.join("jwt.secret");
         std::fs::write(&secret, SECRET)?;
         let tcp = SocketAddr::new(udp.ip(), std::net::TcpListener::bind((udp.ip(), 0))?.local_addr()?.port());
-        let cfg = config_toml(http, udp, tcp, &secret);
+        let mut cfg = config_toml(http, udp, tcp, &secret);
+        if let Some(l) = pin_layer {
+            cfg.push_str(&format!("\n[sfu.media]\npin_layer = {l}\n"));
+        }
         let path = dir.join("sfu.toml");
         std::fs::write(&path, cfg)?;
         let log = std::fs::File::create(dir.join("sfu.log"))?;

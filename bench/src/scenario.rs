@@ -251,7 +251,10 @@ fn free_port_udp(ip: IpAddr) -> anyhow::Result<u16> {
 }
 
 impl Server {
-    pub async fn start(kind: Kind, env: &Env) -> anyhow::Result<Server> {
+    /// `pin_layer`: roombox forwards this simulcast layer whatever its
+    /// estimate says (callgrind runs: valgrind's slowdown must not move the
+    /// layer, or instruction counts do not compare).
+    pub async fn start(kind: Kind, env: &Env, pin_layer: Option<usize>) -> anyhow::Result<Server> {
         let dir = env.work.join(kind.name());
         std::fs::create_dir_all(&dir)?;
         let loopback: IpAddr = [127, 0, 0, 1].into();
@@ -292,7 +295,8 @@ impl Server {
                 let udp = SocketAddr::new(env.ip, free_port_udp(env.ip)?);
                 let cg = env.callgrind;
                 let rb =
-                    tokio::task::spawn_blocking(move || Roombox::start(&bin, &dir, http, udp, cg)).await??;
+                    tokio::task::spawn_blocking(move || Roombox::start(&bin, &dir, http, udp, cg, pin_layer))
+                        .await??;
                 let pid = rb.pid();
                 let base = rb.base_url();
                 Ok(Server {
@@ -433,7 +437,8 @@ impl Server {
 
 /// Run one workload against one server and measure it.
 pub async fn run(kind: Kind, env: &Env, spec: &Spec) -> anyhow::Result<RunResult> {
-    let server = Arc::new(Server::start(kind, env).await?);
+    let pin = env.callgrind.then(|| spec.workload.layer());
+    let server = Arc::new(Server::start(kind, env, pin).await?);
     let idle = measure::sample(server.pid)?;
     let host = Arc::new(Host::start("clients")?);
     let res = run_on(&server, &host, env, spec, idle).await;

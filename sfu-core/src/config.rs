@@ -100,6 +100,12 @@ pub struct MediaConfig {
     pub keyframe_request_interval_ms: u64,
     /// Initial downlink estimate for a new subscriber, bits/s.
     pub initial_bitrate_bps: u64,
+    /// Forward this simulcast layer (0 = lowest; clamped to the publisher's
+    /// top layer) to every video subscriber whatever its estimate, loss or
+    /// tile size. For benchmarks (`roombox-bench run --callgrind` pins it so
+    /// instruction counts compare across runs, not the estimator's reaction
+    /// to valgrind's slowdown) and tests; leave unset in production.
+    pub pin_layer: Option<u8>,
 }
 
 impl Default for MediaConfig {
@@ -108,6 +114,7 @@ impl Default for MediaConfig {
             codecs: vec![CodecName::Opus, CodecName::Vp8, CodecName::H264, CodecName::Vp9, CodecName::Av1],
             keyframe_request_interval_ms: 500,
             initial_bitrate_bps: 1_500_000,
+            pin_layer: None,
         }
     }
 }
@@ -149,6 +156,9 @@ impl SfuConfig {
         }
         if self.media.codecs.is_empty() {
             bad("media.codecs", "list at least one codec".into());
+        }
+        if self.media.pin_layer.is_some_and(|l| l > 2) {
+            bad("media.pin_layer", "a simulcast layer index: 0, 1 or 2".into());
         }
         if !self.media.codecs.contains(&CodecName::Opus) {
             bad("media.codecs", "opus is required (WebRTC's mandatory audio codec)".into());

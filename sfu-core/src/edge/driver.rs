@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::Rfc4571;
-use super::udp::{RecvBatch, recv_batch, send_batch};
+use super::udp::{RecvBatch, SendBatch, recv_batch, send_batch};
 use crate::engine::{Engine, Joined, Output, ParticipantId, RemoteJoin};
 use crate::error::SfuError;
 use crate::local::{LocalEvent, LocalJoin, LocalPacket};
@@ -141,6 +141,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
         HashMap::new();
     let mut sinks = Sinks::default();
     let mut batch = RecvBatch::default();
+    let mut send_bufs = SendBatch::default();
     let mut out_udp: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> = Vec::with_capacity(256);
     // Replies leave from the address the peer's datagrams arrived on (the
     // socket is on the wildcard address; IP_PKTINFO on send). Only addresses
@@ -200,7 +201,7 @@ async fn drive(parts: DriverParts) -> io::Result<()> {
             let items = &out_udp[..];
             let mut off = 0;
             while off < items.len() {
-                match send_batch(fd, &items[off..]) {
+                match send_batch(fd, &mut send_bufs, &items[off..]) {
                     Ok(n) if n > 0 => off += n,
                     Ok(_) => break,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

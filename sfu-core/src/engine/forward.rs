@@ -255,7 +255,10 @@ impl Engine {
     /// hashing; room-level work (speaker levels, counters) is accumulated on
     /// the track and folded on the tick.
     pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, layer: usize, pkt: InPacket) {
-        let Engine { tracks, participants, out, work, counters, to_remove, .. } = self;
+        if now > self.touched_at {
+            self.touched_at = now;
+        }
+        let Engine { tracks, participants, out, counters, touched, .. } = self;
         let Some(t) = tracks.get_mut(&tk) else { return };
         let Some(l) = t.layers.get_mut(layer) else { return };
         l.meter.add(now, pkt.payload.len() + PACKET_OVERHEAD);
@@ -394,9 +397,13 @@ impl Engine {
                         }
                     }
                     tx.write_rtp(write);
-                    drain_rtc(s, out, work);
-                    if s.failed && !to_remove.iter().any(|x| x.0 == *sid) {
-                        to_remove.push((*sid, LeaveReason::ConnectionLost));
+                    // no drain here: it would find nothing to send (the pacer
+                    // releases the packet on a timeout) and recompute every
+                    // timeout of the peer; one timeout + drain per touched
+                    // peer before the next `Output::Timeout` (flush_touched)
+                    if !s.touched {
+                        s.touched = true;
+                        touched.push(*sid);
                     }
                 }
                 (None, _) => {
@@ -722,9 +729,10 @@ impl Engine {
     /// the link filled up to the next layer (`minimum`, padding).
     pub(super) fn allocate_one(&mut self, now: Instant, id: ParticipantId) {
         let tuning = LayerTuning::default();
+        let pin = self.config.media.pin_layer;
         let mut keyframes: SmallVec<[(TrackKey, usize); 4]> = SmallVec::new();
         {
-            let Engine { participants, tracks, out, work, .. } = self;
+            let Engine { participants, tracks, out, work, deadlines, .. } = self;
             let Some(s) = participants.get_mut(&id) else { return };
             let audio =
                 s.downtracks.iter().filter(|d| d.kind == TrackKind::Audio && d.source.is_some()).count()
@@ -793,7 +801,15 @@ impl Engine {
                     let climbing =
                         d.climbed_at.is_some_and(|t| now.saturating_duration_since(t) < tuning.climb_grace);
                     let congested = !climbing && (lossy || queued.is_some_and(|q| q >= CONGESTION_QUEUE));
-                    let c = d.policy.choose(now, &tuning, &rates, max, share, congested);
+                    let c = match pin {
+                        // benchmarks: one layer whatever the link does
+                        Some(l) => crate::media::forwarder::Choice {
+                            target: Some(usize::from(l).min(rates.len() - 1)),
+                            urgent: false,
+                            probe_for: None,
+                        },
+                        None => d.policy.choose(now, &tuning, &rates, max, share, congested),
+                    };
                     if c.target != d.selector.target() {
                         tracing::debug!(
                             participant = id, track = tk, from = ?d.selector.target(), to = ?c.target, urgent = c.urgent,
@@ -844,7 +860,7 @@ impl Engine {
                 }
             }
             if s.rtc.is_some() {
-                drain_rtc(s, out, work);
+                drain_rtc(s, out, work, deadlines);
             }
         }
         for (tk, l) in keyframes {

@@ -20,6 +20,7 @@
 //! the SFU has only host candidates and answers connectivity checks, so it
 //! needs no candidate gathering, pairing or check pacing of its own.
 
+mod deadlines;
 mod dtls;
 mod forward;
 mod signaling;
@@ -282,7 +283,13 @@ struct Participant {
     grants: Grants,
     kind: Kind,
     rtc: Option<Box<Rtc>>,
+    /// When the `Rtc` wants its next timeout.
     timeout: Instant,
+    /// `timeout` has a live entry in the engine's [`deadlines::Deadlines`].
+    armed: bool,
+    /// Packets were written to its `Rtc` since its last drain (it is in
+    /// the engine's `touched` list).
+    touched: bool,
     joined_at: Instant,
     ufrag: Option<String>,
     resource: Option<String>,
@@ -373,6 +380,16 @@ pub struct Engine {
     by_resource: HashMap<String, ParticipantId>,
     out: VecDeque<Output>,
     work: VecDeque<(ParticipantId, Event)>,
+    /// Every `Rtc`'s next timeout, earliest first.
+    deadlines: deadlines::Deadlines,
+    /// Scratch for [`Engine::handle_timeout`]: the peers that are due.
+    due: Vec<ParticipantId>,
+    /// Subscribers whose `Rtc` got packets (`write_rtp`) and was not
+    /// drained since: each gets one timeout and one drain before the engine
+    /// reports its next `Output::Timeout`, however many packets it got.
+    touched: Vec<ParticipantId>,
+    /// The latest `now` a packet was forwarded at (the touched peers' timeout).
+    touched_at: Instant,
     to_remove: Vec<(ParticipantId, LeaveReason)>,
     next_id: ParticipantId,
     next_track: TrackKey,
@@ -420,6 +437,10 @@ impl Engine {
             by_resource: HashMap::new(),
             out: VecDeque::new(),
             work: VecDeque::new(),
+            deadlines: deadlines::Deadlines::default(),
+            due: Vec::new(),
+            touched: Vec::new(),
+            touched_at: now,
             to_remove: Vec::new(),
             next_id: 1,
             next_track: 1,
@@ -459,12 +480,17 @@ impl Engine {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        let mut t = self.next_tick;
-        for p in self.participants.values() {
-            if p.rtc.is_some() && p.timeout < t {
-                t = p.timeout;
+        if !self.touched.is_empty() {
+            self.flush_touched();
+            if let Some(o) = self.out.pop_front() {
+                return o;
             }
         }
+        let participants = &self.participants;
+        let t = match self.deadlines.next(|id, at| is_live(participants, id, at)) {
+            Some(d) => d.min(self.next_tick),
+            None => self.next_tick,
+        };
         Output::Timeout(t)
     }
 
@@ -535,19 +561,28 @@ impl Engine {
 
     /// Time passed: drive every `Rtc` whose timeout is due and the engine's tick.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: SmallVec<[ParticipantId; 16]> = self
-            .participants
-            .values()
-            .filter(|p| p.rtc.is_some() && p.timeout <= now)
-            .map(|p| p.id)
-            .collect();
-        for pid in due {
-            if let Some(rtc) = self.participants.get_mut(&pid).and_then(|p| p.rtc.as_mut()) {
-                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(participant = pid, error = %e, "timeout refused");
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        let participants = &self.participants;
+        self.deadlines.pop_due(now, |id, at| is_live(participants, id, at), &mut due);
+        for &pid in &due {
+            if let Some(p) = self.participants.get_mut(&pid) {
+                // its entry is consumed: the drain below schedules the next one
+                p.armed = false;
+                if let Some(rtc) = p.rtc.as_mut() {
+                    if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+                        tracing::debug!(participant = pid, error = %e, "timeout refused");
+                    }
+                    self.drain(pid);
                 }
-                self.drain(pid);
             }
+        }
+        self.due = due;
+        // stale entries (deadlines that moved, peers that left) past the live ones: start again
+        if self.deadlines.len() > 4 * self.participants.len() + 1024 {
+            self.deadlines.rebuild(
+                self.participants.values().filter(|p| p.rtc.is_some() && p.armed).map(|p| (p.id, p.timeout)),
+            );
         }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
@@ -723,6 +758,8 @@ impl Engine {
             kind: Kind::Remote { role: join.role.clone() },
             rtc: Some(Box::new(rtc)),
             timeout: now,
+            armed: false,
+            touched: false,
             joined_at: now,
             ufrag: Some(ufrag.clone()),
             resource: join.resource.clone(),
@@ -803,6 +840,8 @@ impl Engine {
             kind: Kind::Local { subscribe: join.subscribe },
             rtc: None,
             timeout: now,
+            armed: false,
+            touched: false,
             joined_at: now,
             ufrag: None,
             resource: None,
@@ -1475,9 +1514,35 @@ impl Engine {
     /// events are queued for [`Engine::process`].
     fn drain(&mut self, id: ParticipantId) {
         let Some(p) = self.participants.get_mut(&id) else { return };
-        drain_rtc(p, &mut self.out, &mut self.work);
+        drain_rtc(p, &mut self.out, &mut self.work, &mut self.deadlines);
         if p.failed && !self.to_remove.iter().any(|x| x.0 == id) {
             self.to_remove.push((id, LeaveReason::ConnectionLost));
+        }
+    }
+
+    /// One timeout and one drain for every `Rtc` packets were written to
+    /// since it was last drained: str0m's pacer hands out what `write_rtp`
+    /// queued on a timeout, and a drain after every write (as before) found
+    /// nothing to send but recomputed every timeout of the peer each time.
+    fn flush_touched(&mut self) {
+        let now = self.touched_at;
+        while !self.touched.is_empty() {
+            let mut ids = std::mem::take(&mut self.touched);
+            for &id in &ids {
+                let Some(p) = self.participants.get_mut(&id) else { continue };
+                p.touched = false;
+                let Some(rtc) = p.rtc.as_mut() else { continue };
+                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(participant = id, error = %e, "timeout refused");
+                }
+                self.drain(id);
+            }
+            ids.clear();
+            // events found while draining may forward more (and touch more)
+            self.process(now);
+            // keep the list's allocation, with whatever the events touched
+            ids.append(&mut self.touched);
+            self.touched = ids;
         }
     }
 
@@ -1637,13 +1702,34 @@ impl Engine {
     fn flush_room_metrics_of(&self, _room: &Room) {}
 }
 
+/// Is `at` the live deadline of `id`'s `Rtc`?
+#[inline]
+fn is_live(participants: &IdMap<Participant>, id: ParticipantId, at: Instant) -> bool {
+    participants.get(&id).is_some_and(|p| p.armed && p.timeout == at && p.rtc.is_some())
+}
+
+/// `p`'s `Rtc` wants its next timeout at `t`.
+#[inline]
+fn set_timeout(p: &mut Participant, t: Instant, deadlines: &mut deadlines::Deadlines) {
+    if !p.armed || p.timeout != t {
+        deadlines.schedule(p.id, t);
+        p.armed = true;
+    }
+    p.timeout = t;
+}
+
 /// Drain one `Rtc` until `Timeout`.
-fn drain_rtc(p: &mut Participant, out: &mut VecDeque<Output>, work: &mut VecDeque<(ParticipantId, Event)>) {
+fn drain_rtc(
+    p: &mut Participant,
+    out: &mut VecDeque<Output>,
+    work: &mut VecDeque<(ParticipantId, Event)>,
+    deadlines: &mut deadlines::Deadlines,
+) {
     let Some(rtc) = p.rtc.as_mut() else { return };
     loop {
         match rtc.poll_output() {
             Ok(str0m::Output::Timeout(t)) => {
-                p.timeout = t;
+                set_timeout(p, t, deadlines);
                 break;
             }
             Ok(str0m::Output::Transmit(t)) => out.push_back(Output::Transmit(t)),
@@ -1651,7 +1737,8 @@ fn drain_rtc(p: &mut Participant, out: &mut VecDeque<Output>, work: &mut VecDequ
             Err(e) => {
                 tracing::info!(participant = p.id, error = %e, "peer failed");
                 p.failed = true;
-                p.timeout = p.timeout.max(p.joined_at) + Duration::from_secs(3600);
+                let t = p.timeout.max(p.joined_at) + Duration::from_secs(3600);
+                set_timeout(p, t, deadlines);
                 break;
             }
         }

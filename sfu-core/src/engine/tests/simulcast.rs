@@ -245,7 +245,11 @@ struct Squeezed {
 
 impl Squeezed {
     fn start() -> Squeezed {
-        let mut sim = Sim::new(SfuConfig::default());
+        Squeezed::start_with(SfuConfig::default())
+    }
+
+    fn start_with(config: SfuConfig) -> Squeezed {
+        let mut sim = Sim::new(config);
         let cam = Camera::join(&mut sim);
         let sub = sim.add_client();
         ws_join(&mut sim, sub, "sub");
@@ -457,4 +461,30 @@ fn a_tile_just_under_a_layers_width_gets_that_layer_and_keeps_it() {
         "a few pixels around the threshold keep the layer: {}",
         s.describe(t0)
     );
+}
+
+/// `[media] pin_layer` (benchmarks): the pinned layer plays on a free link
+/// where the estimate would choose `f`, and a small tile does not move it.
+#[test]
+fn a_pinned_layer_plays_whatever_the_estimate_and_the_tile() {
+    let mut config = SfuConfig::default();
+    config.media.pin_layer = Some(1);
+    let mut s = Squeezed::start_with(config);
+    let t0 = s.sim.now;
+    s.run(Duration::from_secs(6));
+    let id = s.sim.clients[s.sub].id.unwrap();
+    let track = s.sim.engine.tracks.values().find(|t| t.kind == TrackKind::Video).unwrap().id.to_string();
+    s.sim.engine.client_message(
+        s.sim.now,
+        id,
+        ClientMessage::Subscribe { track, width: Some(160), height: Some(90) },
+    );
+    s.run(Duration::from_secs(6));
+    let report = s.describe(t0);
+    let layers: Vec<u8> = s.player.runs().iter().map(|x| x.1).collect();
+    assert_eq!(layers.last(), Some(&1), "the pinned h plays: {report}");
+    assert!(!layers.contains(&2), "never f: {report}");
+    assert!(s.player.played.len() > 250, "it plays on: {report}");
+    let (stall, _) = s.player.longest_stall(t0 + Duration::from_secs(2), s.sim.now);
+    assert!(stall < Duration::from_secs(1), "no stall ({stall:?}): {report}");
 }
