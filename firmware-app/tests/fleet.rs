@@ -22,6 +22,30 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// The box's config file: HTTP on `http`, no media, the fleet link to `broker`
+/// as device box-1 (`fleet_extra`: more `[cloud.fleet]` lines).
+fn box_config(
+    data: &std::path::Path,
+    http: u16,
+    broker: &Broker,
+    files: &support::ClientFiles,
+    authority: &std::path::Path,
+    fleet_extra: &str,
+) -> String {
+    format!(
+        "data_dir = \"{}\"\nroom = \"demo\"\nserver_id = \"box-1\"\n[http]\nlisten = \"127.0.0.1:{http}\"\ntls = false\n\
+         [sfu]\nudp_bind = \"127.0.0.1:0\"\ntcp_bind = \"127.0.0.1:0\"\ninclude_loopback = true\n[media]\nenabled = false\n\
+         [cloud.fleet]\nbroker = \"{}\"\ndevice_id = \"box-1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         authority_key_file = \"{}\"\ntelemetry_interval = 1\nkeep_alive = 5\n{fleet_extra}",
+        data.display(),
+        broker.addr(),
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display(),
+        authority.display()
+    )
+}
+
 struct Killed(std::process::Child);
 
 impl Drop for Killed {
@@ -43,20 +67,7 @@ async fn roomboxd_runs_signed_commands_applies_desired_config_and_leaves_a_last_
     let signer = Signer::new(private.as_bytes(), AuthorityAlgorithm::EdDSA).unwrap();
     let data = dir.path().join("data");
     let http = free_port();
-    let fleet_table = format!(
-        "[cloud.fleet]\nbroker = \"{}\"\ndevice_id = \"box-1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         authority_key_file = \"{}\"\ntelemetry_interval = 1\nkeep_alive = 5\n",
-        broker.addr(),
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display(),
-        authority.display()
-    );
-    let config = format!(
-        "data_dir = \"{}\"\nroom = \"demo\"\nserver_id = \"box-1\"\n[http]\nlisten = \"127.0.0.1:{http}\"\ntls = false\n\
-         [sfu]\nudp_bind = \"127.0.0.1:0\"\ntcp_bind = \"127.0.0.1:0\"\ninclude_loopback = true\n[media]\nenabled = false\n{fleet_table}",
-        data.display()
-    );
+    let config = box_config(&data, http, &broker, &files, &authority, "");
     let config_path = dir.path().join("roombox.toml");
     std::fs::write(&config_path, &config).unwrap();
 
@@ -285,20 +296,7 @@ async fn desired_config_is_applied_by_a_restart_and_rolled_back_when_it_fails_to
     std::fs::write(&authority, public).unwrap();
     let data = dir.path().join("data");
     let http = free_port();
-    let fleet_table = format!(
-        "[cloud.fleet]\nbroker = \"{}\"\ndevice_id = \"box-1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         authority_key_file = \"{}\"\ntelemetry_interval = 1\nkeep_alive = 5\napply_ready_within = 30\n",
-        broker.addr(),
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display(),
-        authority.display()
-    );
-    let config = format!(
-        "data_dir = \"{}\"\nroom = \"demo\"\nserver_id = \"box-1\"\n[http]\nlisten = \"127.0.0.1:{http}\"\ntls = false\n\
-         [sfu]\nudp_bind = \"127.0.0.1:0\"\ntcp_bind = \"127.0.0.1:0\"\ninclude_loopback = true\n[media]\nenabled = false\n{fleet_table}",
-        data.display()
-    );
+    let config = box_config(&data, http, &broker, &files, &authority, "apply_ready_within = 30\n");
     let config_path = dir.path().join("roombox.toml");
     std::fs::write(&config_path, &config).unwrap();
     let notify_path = dir.path().join("notify.sock");
